@@ -1,0 +1,81 @@
+"""What every exporter receives and returns.
+
+An exporter turns one eager model into the backend's file(s) inside a work folder; the pipeline
+(``lightdeploy.pipeline``) owns validation, the manifest, the parity gate and the atomic rename.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import torch
+
+PRECISIONS = ("fp32", "fp16", "int8")
+INPUT_NAME = "image"
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    target: str
+    precision: str = "fp32"
+    input_size: tuple[int, int] = (224, 224)
+    batch: int = 1
+    dynamic_batch: bool = False
+    dynamic_size: bool = False
+    opset: int = 18
+    calib_dir: str | None = None
+    nhwc: bool = False
+    # Backend-specific settings (e.g. detectors' raw-head outputs) as plain JSON-able values.
+    extra: dict = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        d = dict(self.__dict__)
+        d["input_size"] = list(self.input_size)
+        return d
+
+
+@dataclass
+class ExportJob:
+    """The eager model and everything known about it, handed to an exporter."""
+
+    model: torch.nn.Module
+    spec: object  # lightdeploy.models.registry.ModelSpec
+    options: ExportOptions
+    output_names: tuple[str, ...]
+    input_name: str = INPUT_NAME
+
+    def example_input(self) -> torch.Tensor:
+        h, w = self.options.input_size
+        return torch.zeros(self.options.batch, 3, h, w)
+
+    def preprocessing(self) -> dict:
+        return {
+            "size": list(self.options.input_size),
+            "mean": list(self.spec.mean),
+            "std": list(self.spec.std),
+            "scale": 1 / 255,
+            "channel_order": "RGB",
+            "layout": "NHWC" if self.options.nhwc else "NCHW",
+        }
+
+
+@dataclass
+class ExportResult:
+    """What the exporter wrote: the file the backend opens, its I/O, and facts for the manifest."""
+
+    backend: str
+    backend_file: str
+    inputs: list[dict]
+    outputs: list[dict]
+    info: dict = field(default_factory=dict)
+
+
+class Exporter(Protocol):
+    target: str
+    backend: str
+    precisions: tuple[str, ...]
+
+    def export(self, job: ExportJob, workdir: Path) -> ExportResult:
+        ...

@@ -1,0 +1,130 @@
+"""Latency benchmark: eager PyTorch and each artifact, batch as exported, in one run.
+
+Median and p90 after warm-up, with the thread count stated; each artifact's ratio is to the eager
+latency of its own model measured in the same run (a shared machine is noisy across runs).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+
+@dataclass
+class BenchRow:
+    subject: str  # model name or artifact folder name
+    model: str
+    runtime: str  # "eager" or backend/precision
+    input_shape: list[int]
+    threads: int
+    runs: int
+    median_ms: float
+    p90_ms: float
+    ratio_to_eager: float | None = None
+
+
+def time_fn(fn, warmup: int, runs: int) -> tuple[float, float]:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return float(np.median(times)), float(np.percentile(times, 90))
+
+
+def concrete_shape(manifest: dict) -> list[int]:
+    """The artifact's input shape with dynamic dims set: batch 1, H and W the exported size."""
+    dims = manifest["inputs"][0]["shape"]
+    h, w = manifest["preprocessing"]["size"]
+    spatial = (2, 3) if manifest["preprocessing"].get("layout", "NCHW") == "NCHW" else (1, 2)
+    fill = {0: 1, spatial[0]: h, spatial[1]: w}
+    return [d if isinstance(d, int) else fill.get(i, 1) for i, d in enumerate(dims)]
+
+
+def bench(subjects: list[str], *, runs: int = 50, warmup: int = 10, threads: int = 2,
+          progress=lambda msg: None) -> list[BenchRow]:
+    """``subjects``: model names and/or artifact folders.  Eager is timed once per model."""
+    import torch
+
+    from lightdeploy.factory import create_model
+    from lightdeploy.models.registry import get_spec
+    from lightdeploy.runtimes import open_runtime
+    from lightdeploy.runtimes.manifest import read_manifest
+
+    torch.set_num_threads(threads)
+    rows: list[BenchRow] = []
+    eager_ms: dict[tuple, float] = {}
+
+    def eager_row(name: str, size: tuple[int, int], batch: int, model=None) -> None:
+        key = (name, size, batch)
+        if key in eager_ms:
+            return
+        progress(f"timing eager {name}")
+        model = model or create_model(name, input_size=size, calibrate_bn=False)
+        x = torch.randn(batch, 3, *size)
+        with torch.inference_mode():
+            med, p90 = time_fn(lambda: model(x), warmup, runs)
+        eager_ms[key] = med
+        rows.append(BenchRow(name, name, "eager", list(x.shape), threads, runs, med, p90, 1.0))
+
+    for subject in subjects:
+        path = Path(subject)
+        if path.is_dir():
+            manifest = read_manifest(path)
+            size = tuple(manifest["preprocessing"]["size"])
+            shape = concrete_shape(manifest)
+            eager_row(manifest["model"], size, shape[0])
+            progress(f"timing {path.name}")
+            runtime = open_runtime(path, manifest, threads=threads)
+            feed = {manifest["inputs"][0]["name"]: np.random.default_rng(0).standard_normal(shape).astype(np.float32)}
+            med, p90 = time_fn(lambda: runtime.run(feed), warmup, runs)
+            ref = eager_ms[(manifest["model"], size, shape[0])]
+            rows.append(BenchRow(path.name, manifest["model"], f"{manifest['backend']}/{manifest['precision']}",
+                                 shape, threads, runs, med, p90, med / ref))
+        else:
+            spec = get_spec(subject)
+            eager_row(subject, spec.input_size, 1)
+    return rows
+
+
+def write_json(rows: list[BenchRow], path: str | Path) -> None:
+    Path(path).write_text(json.dumps([asdict(r) for r in rows], indent=2))
+
+
+def render_table(rows: list[BenchRow]):
+    from rich.table import Table
+
+    table = Table(title=f"latency, batch as exported, {rows[0].threads if rows else '?'} threads")
+    for col in ("subject", "runtime", "input", "median ms", "p90 ms", "x eager"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r.subject, r.runtime, "x".join(map(str, r.input_shape)), f"{r.median_ms:.2f}",
+                      f"{r.p90_ms:.2f}", f"{r.ratio_to_eager:.2f}" if r.ratio_to_eager is not None else "")
+    return table
+
+
+def write_plot(rows: list[BenchRow], path: str | Path) -> None:
+    """A horizontal bar chart of median latency (PNG, Pillow only)."""
+    from PIL import Image, ImageDraw
+
+    from lightdeploy.draw import _font
+
+    width, bar_h, left = 900, 26, 330
+    img = Image.new("RGB", (width, 40 + bar_h * len(rows)), "white")
+    draw = ImageDraw.Draw(img)
+    font = _font(14)
+    top = max((r.median_ms for r in rows), default=1.0)
+    draw.text((8, 8), "median latency (ms), lower is better", fill="black", font=font)
+    for i, r in enumerate(rows):
+        y = 34 + i * bar_h
+        draw.text((8, y + 4), f"{r.subject} [{r.runtime}]"[:44], fill="black", font=font)
+        length = int((width - left - 90) * r.median_ms / top)
+        draw.rectangle([left, y + 3, left + length, y + bar_h - 5], fill="#4c78a8" if r.runtime != "eager" else "#bbbbbb")
+        draw.text((left + length + 6, y + 4), f"{r.median_ms:.2f}", fill="black", font=font)
+    img.save(path)

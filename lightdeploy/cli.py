@@ -1,0 +1,241 @@
+"""The ``lightdeploy`` command line (typer + rich).  The only place that turns errors into exit codes.
+
+Exit codes (design.md): 0 success, 1 parity failed, 2 bad input or usage, 3 missing dependency.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+from typing import List, Optional, Tuple
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from lightdeploy.errors import LightdeployError, UsageError
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+                  help="Lightweight vision models from PyTorch to the edge, with parity proven against eager.")
+console = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)  # soft wrap: messages stay whole lines when piped
+
+
+def _handle_errors(fn):
+    """Turn LightdeployError into its message and exit code; anything else is a bug and shows a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except LightdeployError as exc:
+            err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
+            raise typer.Exit(exc.exit_code) from None
+
+    return wrapper
+
+
+def _progress(quiet: bool):
+    if quiet:
+        return lambda msg: None
+    return lambda msg: err.print(f"[dim]… {msg}[/]", highlight=False)
+
+
+# ------------------------------------------------------------------------------------------ list / info
+@app.command("list")
+@_handle_errors
+def list_cmd(as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")):
+    """List the registered models with task, input size, params and MACs."""
+    from lightdeploy.models.registry import get_spec, list_models
+    from lightdeploy.modelinfo import complexity
+
+    rows = []
+    for name in list_models():
+        spec = get_spec(name)
+        params, macs = complexity(name)
+        rows.append({"name": name, "task": spec.task, "input_size": list(spec.input_size),
+                     "params": params, "macs": macs, "alias_of": spec.alias_of})
+    if as_json:
+        console.print_json(json.dumps(rows))
+        return
+    from rich.table import Table
+
+    table = Table(title="lightdeploy models (MACs at the default input size, batch 1)")
+    for col in ("name", "task", "input", "params", "MACs"):
+        table.add_column(col)
+    for r in rows:
+        name = r["name"] + (f" (= {r['alias_of']})" if r["alias_of"] else "")
+        table.add_row(name, r["task"], "x".join(map(str, r["input_size"])), f"{r['params'] / 1e6:.2f}M", f"{r['macs'] / 1e6:.1f}M")
+    console.print(table)
+
+
+@app.command()
+@_handle_errors
+def info(target: str = typer.Argument(..., metavar="MODEL|ARTIFACT_DIR")):
+    """Details of a registered model, or of an exported artifact."""
+    from lightdeploy.modelinfo import artifact_info, model_info
+
+    path = Path(target)
+    console.print(artifact_info(path) if path.is_dir() else model_info(target))
+
+
+# ------------------------------------------------------------------------------------------- export
+@app.command()
+@_handle_errors
+def export(
+    model: str = typer.Argument(..., help="A registered model name (see `lightdeploy list`)."),
+    to: List[str] = typer.Option(..., "--to", help="Target(s): repeat --to for several."),
+    fp16: bool = typer.Option(False, "--fp16", help="FP16 weights/compute where the target offers it."),
+    int8: bool = typer.Option(False, "--int8", help="INT8 post-training quantisation."),
+    calib: Optional[Path] = typer.Option(None, "--calib", help="Folder of calibration images for --int8."),
+    input_size: Optional[Tuple[int, int]] = typer.Option(None, "--input-size", help="H W"),
+    batch: int = typer.Option(1, "--batch"),
+    dynamic_batch: bool = typer.Option(False, "--dynamic-batch"),
+    dynamic_size: bool = typer.Option(False, "--dynamic-size", help="Symbolic H and W (checked at a second size)."),
+    weights: Optional[Path] = typer.Option(None, "--weights", help="State dict (.pt/.pth, loaded weights_only) or .safetensors."),
+    num_classes: Optional[int] = typer.Option(None, "--num-classes"),
+    opset: int = typer.Option(18, "--opset"),
+    nhwc: bool = typer.Option(False, "--nhwc", help="NHWC input layout (TFLite)."),
+    raw_heads: bool = typer.Option(False, "--raw-heads", help="Detectors: also output the raw head tensors before NMS."),
+    out: Path = typer.Option(Path("artifacts"), "--out"),
+    no_parity: bool = typer.Option(False, "--no-parity", help="Skip the parity gate (not recommended)."),
+    images: Optional[Path] = typer.Option(None, "--images", help="Folder of images for the parity gate."),
+    quiet: bool = typer.Option(False, "--quiet"),
+):
+    """Export MODEL to each --to target, then run the parity gate against eager PyTorch."""
+    from lightdeploy.exporters import get_exporter
+    from lightdeploy.models.registry import get_spec
+    from lightdeploy.pipeline import export as run_export
+
+    if fp16 and int8:
+        raise UsageError("--fp16 and --int8 exclude each other; give one.")
+    if calib and not int8:
+        raise UsageError("--calib is for --int8 only.")
+    precision = "int8" if int8 else "fp16" if fp16 else "fp32"
+    get_spec(model)
+    for target in to:  # validate every target before doing any work
+        get_exporter(target)
+    extra = {"raw_heads": True} if raw_heads else {}
+    failed = False
+    for target in to:
+        try:
+            outcome = run_export(
+                model, target, precision=precision, input_size=input_size, batch=batch,
+                dynamic_batch=dynamic_batch, dynamic_size=dynamic_size, weights=weights,
+                num_classes=num_classes, opset=opset, calib_dir=str(calib) if calib else None, nhwc=nhwc,
+                out=out, parity=not no_parity, images_dir=str(images) if images else None, extra=extra,
+                progress=_progress(quiet),
+            )
+        except LightdeployError as exc:
+            if exc.exit_code != 1:
+                raise
+            failed = True
+            err.print(f"[bold red]{escape(str(exc))}[/]", highlight=False)
+            continue
+        _print_outcome(outcome, quiet)
+    if failed:
+        raise typer.Exit(1)
+
+
+def _print_outcome(outcome, quiet: bool) -> None:
+    from lightdeploy.parity.report import render_table
+
+    if outcome.report is not None and not quiet:
+        console.print(render_table(outcome.report))
+    status = outcome.report.summary() if outcome.report is not None else "parity NOT RUN (--no-parity)"
+    console.print(f"[bold]{outcome.folder}[/]: {status}", highlight=False)
+    for note in outcome.manifest.get("notes", []):
+        console.print(f"  note: {note}", highlight=False)
+
+
+# ------------------------------------------------------------------------------------------- parity
+@app.command()
+@_handle_errors
+def parity(
+    artifacts: List[Path] = typer.Argument(..., metavar="ARTIFACT_DIR..."),
+    images: Optional[Path] = typer.Option(None, "--images", help="Folder of images to add as inputs' photographs."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the reports as JSON."),
+    junit: Optional[Path] = typer.Option(None, "--junit", help="Write the reports as JUnit XML."),
+    threads: Optional[int] = typer.Option(None, "--threads"),
+    quiet: bool = typer.Option(False, "--quiet"),
+):
+    """Re-run the parity gate on exported artifacts (eager is rebuilt from each manifest)."""
+    from lightdeploy.parity import run_parity, write_json, write_junit
+    from lightdeploy.parity.report import render_table
+    from lightdeploy.samples import images_from_dir
+
+    imgs = images_from_dir(images) if images else None
+    reports = []
+    for folder in artifacts:
+        _progress(quiet)(f"parity of {folder}")
+        report = run_parity(folder, images=imgs, threads=threads)
+        reports.append(report)
+        if not quiet:
+            console.print(render_table(report))
+        console.print(report.summary(), highlight=False)
+    if json_out:
+        write_json(reports, json_out)
+    if junit:
+        write_junit(reports, junit)
+    if not all(r.passed for r in reports):
+        raise typer.Exit(1)
+
+
+# ------------------------------------------------------------------------------------------ predict
+@app.command()
+@_handle_errors
+def predict(
+    artifact: Path = typer.Argument(..., metavar="ARTIFACT_DIR"),
+    images: List[Path] = typer.Argument(..., metavar="IMAGE..."),
+    out: Path = typer.Option(Path("predictions"), "--out"),
+    threads: Optional[int] = typer.Option(None, "--threads"),
+):
+    """Run an artifact on images and write each result drawn on its image as a PNG."""
+    from lightdeploy import runtimes
+    from lightdeploy.draw import DRAWERS
+    from lightdeploy.runtimes.preprocess import load_image
+
+    model = runtimes.load(artifact, threads=threads)
+    out.mkdir(parents=True, exist_ok=True)
+    for image in images:
+        rgb = load_image(image)
+        result = model.predict(rgb)
+        path = DRAWERS[model.task](rgb, result, out / f"{Path(image).stem}-{artifact.name}.png")
+        console.print(f"{image} -> {path}", highlight=False)
+        if model.task == "classify":
+            for p in result:
+                console.print(f"  {p.label}: {p.probability:.4f}", highlight=False)
+
+
+# -------------------------------------------------------------------------------------------- bench
+@app.command()
+@_handle_errors
+def bench(
+    subjects: List[str] = typer.Argument(..., metavar="MODEL|ARTIFACT_DIR..."),
+    runs: int = typer.Option(50, "--runs"),
+    warmup: int = typer.Option(10, "--warmup"),
+    threads: int = typer.Option(2, "--threads"),
+    json_out: Optional[Path] = typer.Option(None, "--json"),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Write a bar chart PNG."),
+    quiet: bool = typer.Option(False, "--quiet"),
+):
+    """Batch latency (median, p90) of eager PyTorch and each artifact, with ratios to eager."""
+    from lightdeploy import bench as benchmod
+
+    if runs < 1 or warmup < 0 or threads < 1:
+        raise UsageError("--runs and --threads must be at least 1, --warmup at least 0.")
+    rows = benchmod.bench(subjects, runs=runs, warmup=warmup, threads=threads, progress=_progress(quiet))
+    console.print(benchmod.render_table(rows))
+    if json_out:
+        benchmod.write_json(rows, json_out)
+    if plot:
+        benchmod.write_plot(rows, plot)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,108 @@
+"""The model registry: one ``ModelSpec`` per name, filled by the family files as they are imported.
+
+A family file registers its variants with ``register_model``; names are unique (a second
+registration of a name is a programming error) and an unknown name is a user error that suggests
+the closest names, as torchvision's and timm's registries do.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+from lightdeploy.errors import UsageError, unknown_name_error
+
+# ImageNet statistics in RGB order: every model here is trained on RGB in [0, 1], normalised so.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class Reference:
+    """A published or computed complexity figure that a test checks the built model against.
+
+    ``macs`` and ``params`` are the **[C]** values of models.md (computed from the architecture
+    tables); ``source`` names the table or row they come from; ``at`` is the input size (H, W) the
+    MACs are counted at; ``rel_tol`` the accepted relative difference (3% per the spine issue).
+    """
+
+    macs: float | None
+    params: float | None
+    source: str
+    at: tuple[int, int] = (224, 224)
+    rel_tol: float = 0.03
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything the product needs to know about one registered model name."""
+
+    name: str
+    family: str
+    task: str  # "classify" | "detect" | "segment"
+    builder: Callable[..., object]
+    input_size: tuple[int, int]
+    stride: int  # H and W must be multiples of it
+    num_classes: int
+    outputs: tuple[str, ...]
+    description: str = ""
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    reference: Reference | None = None
+    # Name of the torchvision architecture whose checkpoints load into this model, if any.
+    torchvision_arch: str | None = None
+    alias_of: str | None = None
+    builder_kwargs: dict = field(default_factory=dict)
+    # Optional: (model, export options.extra) -> the module that is exported and compared, e.g. a
+    # detector that also returns its raw head tensors.  None: the model itself.
+    export_wrapper: Callable[..., object] | None = None
+
+    def check_input_size(self, size: tuple[int, int]) -> tuple[int, int]:
+        """Validate a user-given (H, W): positive multiples of the model's stride."""
+        h, w = (int(v) for v in size)
+        if h <= 0 or w <= 0 or h % self.stride or w % self.stride:
+            near = tuple(max(self.stride, round(v / self.stride) * self.stride) for v in (h, w))
+            raise UsageError(
+                f"Input size {h}x{w} does not suit {self.name!r}: height and width must be positive "
+                f"multiples of its stride {self.stride} (its feature maps halve "
+                f"{self.stride.bit_length() - 1} times). Use for example --input-size {near[0]} {near[1]}."
+            )
+        return h, w
+
+
+_REGISTRY: dict[str, ModelSpec] = {}
+
+
+def register_model(spec: ModelSpec) -> ModelSpec:
+    """Add a spec; a duplicate name is a bug in a family file, so it raises at import time."""
+    if spec.name in _REGISTRY:
+        raise ValueError(f"model name {spec.name!r} is registered twice")
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+def register_alias(alias: str, target: str, description: str = "") -> ModelSpec:
+    """Register ``alias`` as another name for ``target`` (e.g. thundernet = thundernet_snet146)."""
+    base = _REGISTRY[target]
+    spec = ModelSpec(**{**base.__dict__, "name": alias, "alias_of": target,
+                        "description": description or f"= {target}"})
+    return register_model(spec)
+
+
+def get_spec(name: str) -> ModelSpec:
+    _ensure_families_loaded()
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise unknown_name_error("model", name, list(_REGISTRY)) from None
+
+
+def list_models(task: str | None = None) -> list[str]:
+    """Registered names (aliases included), in registration order, optionally of one task."""
+    _ensure_families_loaded()
+    return [n for n, s in _REGISTRY.items() if task is None or s.task == task]
+
+
+def _ensure_families_loaded() -> None:
+    # Importing the package imports every family file, which registers its models.
+    import lightdeploy.models  # noqa: F401

@@ -1,0 +1,99 @@
+"""The parity gate: run eager PyTorch and an artifact on the same inputs, then compare.
+
+Running (``run_eager``, ``run_artifact``) is separate from comparing (``compare``), so a report can
+be recomputed from saved outputs and each half tested on its own.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lightdeploy.parity.inputs import ParityInput, parity_inputs, to_batches
+from lightdeploy.parity.metrics import TASK_CHECKS, tensor_checks, tensor_stats
+from lightdeploy.parity.report import ParityReport
+from lightdeploy.parity.tolerances import Tolerance, tolerance_for
+
+Outputs = dict[str, list[np.ndarray]]  # output name -> one array per batch, in input order
+
+
+def run_parity(
+    folder: str | Path,
+    *,
+    model: torch.nn.Module | None = None,
+    images: dict[str, np.ndarray] | None = None,
+    tolerance: Tolerance | None = None,
+    threads: int | None = None,
+) -> ParityReport:
+    """Check the artifact in ``folder`` against eager PyTorch (rebuilt from the manifest if not given)."""
+    from lightdeploy.runtimes import open_runtime
+    from lightdeploy.runtimes.manifest import read_manifest
+
+    folder = Path(folder)
+    manifest = read_manifest(folder, verify=True)
+    if model is None:
+        from lightdeploy.pipeline import eager_from_manifest
+
+        model = eager_from_manifest(manifest)
+    runtime = open_runtime(folder, manifest, threads)
+    inputs = parity_inputs(manifest, images)
+    batches = to_batches(inputs, manifest["inputs"][0]["shape"][0])
+    names = [o["name"] for o in manifest["outputs"]]
+    eager = run_eager(model, batches, names, manifest["preprocessing"].get("layout", "NCHW"))
+    artifact = run_artifact(runtime, batches, manifest)
+    tol = tolerance or tolerance_for(manifest["backend"], manifest["precision"])
+    return compare(eager, artifact, manifest, tol, [p.name for p in inputs], artifact_name=folder.name)
+
+
+@torch.no_grad()
+def run_eager(model: torch.nn.Module, batches, output_names: list[str], layout: str = "NCHW") -> Outputs:
+    out: Outputs = {n: [] for n in output_names}
+    for _, x in batches:
+        t = torch.from_numpy(x)
+        if layout == "NHWC":
+            t = t.permute(0, 3, 1, 2).contiguous()
+        result = model(t)
+        result = result if isinstance(result, (tuple, list)) else (result,)
+        for name, value in zip(output_names, result):
+            out[name].append(value.detach().cpu().numpy())
+    return out
+
+
+def run_artifact(runtime, batches, manifest: dict) -> Outputs:
+    input_name = manifest["inputs"][0]["name"]
+    layouts = {o["name"]: o.get("layout") for o in manifest["outputs"]}
+    out: Outputs = {o["name"]: [] for o in manifest["outputs"]}
+    for _, x in batches:
+        result = runtime.run({input_name: x})
+        for name in out:
+            value = result[name]
+            if layouts[name] == "NHWC":  # compare in eager's NCHW
+                value = value.transpose(0, 3, 1, 2)
+            out[name].append(value)
+    return out
+
+
+def compare(eager: Outputs, artifact: Outputs, manifest: dict, tol: Tolerance, input_names: list[str],
+            artifact_name: str = "") -> ParityReport:
+    checks, stats = [], {}
+    for name, ref in eager.items():
+        got = artifact[name]
+        shapes = [(r.shape, g.shape) for r, g in zip(ref, got) if r.shape != g.shape]
+        if shapes:
+            raise ValueError(f"output {name!r}: artifact shape {shapes[0][1]} != eager shape {shapes[0][0]}")
+        if not np.issubdtype(ref[0].dtype, np.floating):
+            continue  # integer outputs (labels, masks, counts) are judged by the task metric
+        stats[name] = tensor_stats(ref, [g.astype(np.float32) for g in got])
+        checks += tensor_checks(name, stats[name], tol)
+    task_fn = TASK_CHECKS.get(manifest["task"])
+    task_info: dict = {}
+    if task_fn is not None:
+        task_checks, task_info = task_fn(eager, artifact, tol, list(eager))
+        checks += task_checks
+    return ParityReport(
+        artifact=artifact_name or manifest["model"], model=manifest["model"], backend=manifest["backend"],
+        precision=manifest["precision"], tolerance=tol.as_dict(), inputs=input_names,
+        outputs=stats, checks=checks, task_info=task_info,
+    )

@@ -1,0 +1,78 @@
+"""The parity report: JSON for machines, JUnit XML for CI, a table for people."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from xml.etree import ElementTree as ET
+
+from lightdeploy.parity.metrics import Check
+
+
+@dataclass
+class ParityReport:
+    artifact: str
+    model: str
+    backend: str
+    precision: str
+    tolerance: dict
+    inputs: list[str]
+    outputs: dict[str, dict]  # output name -> tensor stats
+    checks: list[Check]
+    task_info: dict = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return all(c.passed for c in self.checks)
+
+    def failures(self) -> list[Check]:
+        return [c for c in self.checks if not c.passed]
+
+    def as_dict(self) -> dict:
+        return {
+            "artifact": self.artifact, "model": self.model, "backend": self.backend,
+            "precision": self.precision, "passed": self.passed, "tolerance": self.tolerance,
+            "inputs": self.inputs, "outputs": self.outputs,
+            "checks": [c.as_dict() for c in self.checks], "task": self.task_info, "notes": self.notes,
+        }
+
+    def summary(self) -> str:
+        if self.passed:
+            return f"parity PASSED for {self.artifact} ({self.backend}/{self.precision}, {len(self.inputs)} inputs)"
+        bad = "; ".join(f"{c.subject} {c.metric} = {c.value:.6g} (limit {c.op} {c.limit:.6g})" for c in self.failures())
+        return f"parity FAILED for {self.artifact} ({self.backend}/{self.precision}): {bad}"
+
+
+def write_json(reports: list[ParityReport], path: str | Path) -> None:
+    Path(path).write_text(json.dumps([r.as_dict() for r in reports], indent=2))
+
+
+def write_junit(reports: list[ParityReport], path: str | Path) -> None:
+    """One <testsuite> per artifact, one <testcase> per check."""
+    suites = ET.Element("testsuites")
+    for r in reports:
+        suite = ET.SubElement(suites, "testsuite", name=f"parity.{r.artifact}",
+                              tests=str(len(r.checks)), failures=str(len(r.failures())))
+        for c in r.checks:
+            case = ET.SubElement(suite, "testcase", classname=f"parity.{r.model}.{r.backend}.{r.precision}",
+                                 name=f"{c.subject}.{c.metric}")
+            if not c.passed:
+                ET.SubElement(case, "failure", message=f"{c.metric} = {c.value:.6g}, limit {c.op} {c.limit:.6g}")
+    ET.ElementTree(suites).write(str(path), encoding="utf-8", xml_declaration=True)
+
+
+def render_table(report: ParityReport):
+    """A rich Table: one row per output (max abs, max rel, cosine), then the task metric rows."""
+    from rich.table import Table
+
+    table = Table(title=f"parity: {report.artifact} ({report.backend}/{report.precision})")
+    for col in ("subject", "metric", "value", "limit", "ok"):
+        table.add_column(col)
+    for name, s in report.outputs.items():
+        table.add_row(name, "max abs / max rel", f"{s['max_abs']:.3g} / {s['max_rel']:.3g}", "", "")
+    for c in report.checks:
+        table.add_row(c.subject, c.metric, f"{c.value:.6g}", f"{c.op} {c.limit:.6g}",
+                      "[green]yes[/]" if c.passed else "[red]NO[/]")
+    return table

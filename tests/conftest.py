@@ -1,0 +1,48 @@
+"""Shared fixtures.  Tests are parametrised over the registry, so a new model is enrolled everywhere."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # two xdist workers on two cores
+
+
+def registered(task: str | None = None) -> list[str]:
+    """Registered names without aliases (an alias builds the same model as its target)."""
+    from lightdeploy.models.registry import get_spec, list_models
+
+    return [n for n in list_models(task) if get_spec(n).alias_of is None]
+
+
+def small_size(spec) -> tuple[int, int]:
+    """A small input that every feature map of the model can still be built from."""
+    side = max(64, 2 * spec.stride)
+    return side, side
+
+
+@pytest.fixture(scope="session")
+def cat_image() -> np.ndarray:
+    import skimage.data
+
+    return skimage.data.chelsea()
+
+
+@pytest.fixture(scope="session")
+def classifier_artifact(tmp_path_factory) -> Path:
+    """A small ONNX artifact exported once per session (shufflenetv2_x0.5 at 64x64)."""
+    from lightdeploy.pipeline import export
+
+    out = tmp_path_factory.mktemp("artifacts")
+    return export("shufflenetv2_x0.5", "onnx", input_size=(64, 64), out=out).folder
+
+
+def run_cli(*args: str, cwd: Path | None = None, prelude: str = "") -> subprocess.CompletedProcess:
+    """Run the CLI in a subprocess (``prelude``: Python run first, e.g. to hide a package)."""
+    code = f"{prelude}\nimport sys\nfrom lightdeploy.cli import main\nsys.argv = ['lightdeploy', *{list(args)!r}]\nmain()"
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=cwd, timeout=600)

@@ -1,0 +1,119 @@
+"""The command line: each case of the error catalogue gets its message, exit code and no partial output."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+from conftest import run_cli
+
+
+def _no_artifacts(out):
+    return not out.exists() or list(out.iterdir()) == []
+
+
+def test_list_and_info():
+    r = run_cli("list", "--json")
+    assert r.returncode == 0, r.stderr
+    rows = {row["name"]: row for row in json.loads(r.stdout)}
+    assert rows["mobilenetv2"]["macs"] == 300_774_272 or abs(rows["mobilenetv2"]["macs"] / 300.8e6 - 1) < 0.01
+    r = run_cli("info", "snet146")
+    assert r.returncode == 0 and "reference MACs" in r.stdout
+
+
+def test_unknown_model_suggests(tmp_path):
+    r = run_cli("export", "shufflenet_v2", "--to", "onnx", "--out", str(tmp_path / "o"))
+    assert r.returncode == 2 and "Did you mean" in r.stderr and "shufflenetv2" in r.stderr
+    assert _no_artifacts(tmp_path / "o")
+
+
+def test_unknown_target_lists_available(tmp_path):
+    r = run_cli("export", "snet49", "--to", "coreml", "--out", str(tmp_path / "o"))
+    assert r.returncode == 2 and "Available targets: onnx" in r.stderr
+    assert _no_artifacts(tmp_path / "o")
+
+
+def test_size_not_divisible(tmp_path):
+    r = run_cli("export", "snet49", "--to", "onnx", "--input-size", "100", "100", "--out", str(tmp_path / "o"))
+    assert r.returncode == 2 and "multiples of its stride 32" in r.stderr
+    assert _no_artifacts(tmp_path / "o")
+
+
+def test_weights_missing_and_pickled_code(tmp_path):
+    r = run_cli("export", "snet49", "--to", "onnx", "--weights", str(tmp_path / "none.pth"), "--out", str(tmp_path / "o"))
+    assert r.returncode == 2 and "does not exist" in r.stderr
+    evil = tmp_path / "evil.pth"
+    evil.write_bytes(b"\x80\x04\x95\x1a\x00\x00\x00\x00\x00\x00\x00\x8c\x02os\x94\x8c\x06system\x94\x93\x94\x8c\x02id\x94\x85\x94R\x94.")
+    r = run_cli("export", "snet49", "--to", "onnx", "--weights", str(evil), "--out", str(tmp_path / "o"))
+    assert r.returncode == 2 and "Refused to load" in r.stderr
+    assert _no_artifacts(tmp_path / "o")
+
+
+def test_output_dir_not_writable(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    r = run_cli("export", "snet49", "--to", "onnx", "--out", str(blocker / "sub"))
+    assert r.returncode == 2 and "not writable" in r.stderr
+
+
+def test_missing_optional_package(tmp_path):
+    r = run_cli("export", "snet49", "--to", "onnx", "--input-size", "64", "64", "--out", str(tmp_path / "o"),
+                prelude="import sys; sys.modules['onnxscript'] = None")
+    assert r.returncode == 3 and "pip install 'lightdeploy[onnx]'" in r.stderr
+    assert _no_artifacts(tmp_path / "o")
+
+
+def test_fp16_and_int8_exclusive(tmp_path):
+    r = run_cli("export", "snet49", "--to", "onnx", "--fp16", "--int8", "--out", str(tmp_path / "o"))
+    assert r.returncode == 2 and "exclude each other" in r.stderr
+
+
+def test_tampered_artifact(classifier_artifact, tmp_path):
+    copy = tmp_path / "a"
+    shutil.copytree(classifier_artifact, copy)
+    (copy / "model.onnx").write_bytes(b"garbage")
+    for cmd in (("parity", str(copy)), ("info", str(copy)), ("predict", str(copy), "x.png")):
+        r = run_cli(*cmd)
+        assert r.returncode == 2 and "modified or corrupted" in r.stderr, cmd
+
+
+def test_parity_failure_exits_1_and_keeps_artifact(classifier_artifact, tmp_path):
+    import onnx
+    from onnx import numpy_helper
+
+    from lightdeploy.artifact import write_manifest
+
+    copy = tmp_path / "a"
+    shutil.copytree(classifier_artifact, copy)
+    model = onnx.load(str(copy / "model.onnx"))
+    init = next(i for i in model.graph.initializer if numpy_helper.to_array(i).ndim == 4)
+    init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) * 1.05, init.name))
+    onnx.save(model, str(copy / "model.onnx"))
+    manifest = json.loads((copy / "manifest.json").read_text())
+    write_manifest(copy, {k: v for k, v in manifest.items() if k != "files"})
+    r = run_cli("parity", str(copy), "--quiet", "--junit", str(tmp_path / "j.xml"))
+    assert r.returncode == 1 and "parity FAILED" in r.stdout
+    assert (tmp_path / "j.xml").exists()
+
+
+def test_export_predict_bench_end_to_end(tmp_path, cat_image):
+    from PIL import Image
+
+    out = tmp_path / "o"
+    r = run_cli("export", "snet49", "--to", "onnx", "--input-size", "64", "64", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    art = out / "snet49-onnx-fp32"
+    assert "parity PASSED" in r.stdout and sorted(p.name for p in art.iterdir()) == ["manifest.json", "model.onnx"]
+    assert [p.name for p in out.iterdir()] == ["snet49-onnx-fp32"]  # no temporary folders left
+    img = tmp_path / "cat.jpg"
+    Image.fromarray(cat_image).save(img)
+    r = run_cli("predict", str(art), str(img), "--out", str(tmp_path / "pred"))
+    assert r.returncode == 0, r.stderr
+    png = tmp_path / "pred" / "cat-snet49-onnx-fp32.png"
+    assert Image.open(png).size[1] > 64
+    r = run_cli("bench", str(art), "--runs", "3", "--warmup", "1", "--json", str(tmp_path / "b.json"),
+                "--plot", str(tmp_path / "b.png"))
+    assert r.returncode == 0, r.stderr
+    rows = json.loads((tmp_path / "b.json").read_text())
+    assert [row["runtime"] for row in rows] == ["eager", "onnxruntime/fp32"] and rows[1]["ratio_to_eager"] > 0
+    assert (tmp_path / "b.png").exists()

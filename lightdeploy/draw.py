@@ -33,4 +33,33 @@ def draw_classification(rgb: np.ndarray, predictions, path: Path) -> Path:
     return path
 
 
-DRAWERS = {"classify": draw_classification}
+def palette(n: int) -> np.ndarray:
+    """A fixed, well-spread colour per class (golden-ratio hues), the same in every image."""
+    import colorsys
+
+    return np.array([[int(255 * c) for c in colorsys.hsv_to_rgb((i * 0.618034) % 1, 0.75, 0.95)] for i in range(n)],
+                    np.uint8)
+
+
+def draw_segmentation(rgb: np.ndarray, seg, path: Path) -> Path:
+    """The mask blended over the image, with a legend of the classes present."""
+    colours = palette(max(len(seg.class_names), int(seg.mask.max()) + 1))
+    overlay = (0.5 * rgb + 0.5 * colours[seg.mask]).astype(np.uint8)
+    img = Image.fromarray(overlay)
+    present = [int(c) for c in np.unique(seg.mask)]
+    font = _font(14)
+    legend_h = 8 + 20 * ((len(present) + 2) // 3)
+    canvas = Image.new("RGB", (max(img.width, 480), img.height + legend_h), "white")
+    canvas.paste(img, (0, 0))
+    draw = ImageDraw.Draw(canvas)
+    for k, c in enumerate(present):
+        x, y = 8 + (k % 3) * 160, img.height + 6 + 20 * (k // 3)
+        draw.rectangle([x, y + 2, x + 14, y + 16], fill=tuple(int(v) for v in colours[c]))
+        label = seg.class_names[c] if c < len(seg.class_names) else f"class {c}"
+        share = float((seg.mask == c).mean())
+        draw.text((x + 20, y), f"{label} {share:.0%}", fill="black", font=font)
+    canvas.save(path)
+    return path
+
+
+DRAWERS = {"classify": draw_classification, "segment": draw_segmentation}

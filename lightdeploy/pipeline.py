@@ -124,7 +124,7 @@ def _manifest(job: ExportJob, result, model, num_classes, weights, seed) -> dict
         "task": spec.task,
         "description": spec.description,
         "num_classes": num_classes or spec.num_classes,
-        "class_names": None,
+        "class_names": _class_names(spec, num_classes or spec.num_classes),
         "target": options.target,
         "backend": result.backend,
         "precision": options.precision,
@@ -144,6 +144,12 @@ def _manifest(job: ExportJob, result, model, num_classes, weights, seed) -> dict
         "versions": _versions(),
         "backend_info": result.info,
     }
+
+
+def _class_names(spec, num_classes: int) -> list[str] | None:
+    """The dataset's names when the head still has the dataset's class count."""
+    names = spec.class_names
+    return list(names) if names and len(names) == num_classes else None
 
 
 def _versions() -> dict:

@@ -49,6 +49,8 @@ class ModelSpec:
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     reference: Reference | None = None
+    # Names of the default classes (None: unnamed, e.g. ImageNet, whose names are not shipped here).
+    class_names: tuple[str, ...] | None = None
     # Name of the torchvision architecture whose checkpoints load into this model, if any.
     torchvision_arch: str | None = None
     alias_of: str | None = None

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from lightdeploy.parity.inputs import ParityInput, parity_inputs, to_batches
-from lightdeploy.parity.metrics import TASK_CHECKS, tensor_checks, tensor_stats
+from lightdeploy.parity.metrics import task_checks_for, tensor_checks, tensor_stats
 from lightdeploy.parity.report import ParityReport
 from lightdeploy.parity.tolerances import Tolerance, tolerance_for
 
@@ -87,7 +87,7 @@ def compare(eager: Outputs, artifact: Outputs, manifest: dict, tol: Tolerance, i
             continue  # integer outputs (labels, masks, counts) are judged by the task metric
         stats[name] = tensor_stats(ref, [g.astype(np.float32) for g in got])
         checks += tensor_checks(name, stats[name], tol)
-    task_fn = TASK_CHECKS.get(manifest["task"])
+    task_fn = task_checks_for(manifest["task"])
     task_info: dict = {}
     if task_fn is not None:
         task_checks, task_info = task_fn(eager, artifact, tol, list(eager))

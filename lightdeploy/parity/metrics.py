@@ -84,9 +84,19 @@ def classify_checks(ref: dict, out: dict, tol: Tolerance, output_names: list[str
     return [Check("task", "top1_agreement", value, tol.top1_agreement_min, ">=")], info
 
 
-TASK_CHECKS = {"classify": classify_checks}
+# task -> its checks: a function, or "module:function" imported on first use (one module per task).
+TASK_CHECKS = {
+    "classify": classify_checks,
+    "segment": "lightdeploy.parity.segmentation:segment_checks",
+    "detect": "lightdeploy.parity.detection:detect_checks",
+}
 
 
-def register_task_checks(task: str, fn) -> None:
-    """Detectors and segmenters add their task metric here (one function per task)."""
-    TASK_CHECKS[task] = fn
+def task_checks_for(task: str):
+    entry = TASK_CHECKS.get(task)
+    if isinstance(entry, str):
+        import importlib
+
+        module, fn = entry.split(":")
+        entry = TASK_CHECKS[task] = getattr(importlib.import_module(module), fn)
+    return entry

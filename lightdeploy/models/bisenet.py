@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lightdeploy.models.labels import CITYSCAPES
 from lightdeploy.models.registry import ModelSpec, Reference, register_alias, register_model
 
 CITYSCAPES_CLASSES = 19
@@ -300,6 +301,7 @@ for _name, (_backbone, _macs, _params) in _VARIANTS.items():
         stride=32,
         num_classes=CITYSCAPES_CLASSES,
         outputs=("logits", "mask"),
+        class_names=CITYSCAPES,
         description=f"BiSeNet, {_backbone} context path (TorchSeg structure; Cityscapes 19 classes)",
         reference=Reference(_macs, _params, "models.md §5 computed row [C]", at=(768, 1536)),
     ))

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lightdeploy.models.labels import CITYSCAPES
 from lightdeploy.models.registry import ModelSpec, Reference, register_alias, register_model
 
 CITYSCAPES_CLASSES = 19
@@ -235,6 +236,7 @@ for _name, (_variant, _macs, _params) in _VARIANTS.items():
         stride=64,
         num_classes=CITYSCAPES_CLASSES,
         outputs=("logits", "mask"),
+        class_names=CITYSCAPES,
         description=f"DFANet {_variant.upper()} (three cascaded Xception backbones, fc attention; "
                     "reimplementation structure; Cityscapes 19 classes)",
         reference=Reference(_macs, _params, "models.md §6 computed row [C]", at=(1024, 1024)),

@@ -1,0 +1,217 @@
+"""lightdeploy::nms and ::nms_fixed: eager vs a loop reference, ONNX NonMaxSuppression in
+onnxruntime vs eager (exact index equality, order included), fixed-size decomposition vs greedy."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+import lightdeploy.ops
+from lightdeploy.ops import nms as nms_ops
+
+
+# ------------------------------------------------------------------------ slow, obvious reference
+def reference_nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> list[int]:
+    """torchvision's greedy loop: float32 IoU, compared with the threshold in double precision."""
+    order = sorted(range(len(scores)), key=lambda i: (-float(scores[i]), i))
+    b = boxes.to(torch.float32)
+    kept, suppressed = [], set()
+    for position, i in enumerate(order):
+        if i in suppressed:
+            continue
+        kept.append(i)
+        area_i = (b[i, 2] - b[i, 0]) * (b[i, 3] - b[i, 1])
+        for j in order[position + 1:]:
+            w = (torch.minimum(b[i, 2], b[j, 2]) - torch.maximum(b[i, 0], b[j, 0])).clamp(min=0)
+            h = (torch.minimum(b[i, 3], b[j, 3]) - torch.maximum(b[i, 1], b[j, 1])).clamp(min=0)
+            inter = w * h
+            area_j = (b[j, 2] - b[j, 0]) * (b[j, 3] - b[j, 1])
+            iou = inter / (area_i + area_j - inter)  # float32 tensor
+            if float(iou) > iou_threshold:  # Python float: double comparison
+                suppressed.add(j)
+    return kept
+
+
+def reference_batched_nms(boxes, scores, idxs, iou_threshold) -> list[int]:
+    """Per class, then all kept boxes by decreasing score (ties: lower index first)."""
+    kept = []
+    for c in idxs.unique().tolist():
+        members = torch.nonzero(idxs == c).flatten()
+        kept += [int(members[k]) for k in reference_nms(boxes[members], scores[members],
+                                                        iou_threshold)]
+    return sorted(kept, key=lambda i: (-float(scores[i]), i))
+
+
+def random_boxes(n: int, seed: int, tie_decimals: int = 1):
+    g = torch.Generator().manual_seed(seed)
+    xy = torch.rand(n, 2, generator=g) * 100
+    wh = torch.rand(n, 2, generator=g) * 40 + 1
+    scores = torch.rand(n, generator=g).round(decimals=tie_decimals)  # many equal scores
+    return torch.cat([xy, xy + wh], dim=1), scores
+
+
+# IoU of two boxes [0,0,2,1] and [1,0,3,1] is 1/3: float32 0.33333334 > 1/3 (double) -> suppressed;
+# a threshold rounded to nearest float32 would keep it.  IoU 0.5 is exact: not suppressed at 0.5.
+AT_THRESHOLD = [
+    (torch.tensor([[0.0, 0, 2, 1], [1, 0, 3, 1]]), torch.tensor([0.9, 0.8]), 1 / 3, [0]),
+    (torch.tensor([[0.0, 0, 3, 1], [1, 0, 4, 1]]), torch.tensor([0.9, 0.8]), 0.5, [0, 1]),
+    (torch.tensor([[0.0, 0, 3, 1], [1, 0, 4, 1]]), torch.tensor([0.9, 0.8]), 0.4999, [0]),
+]
+
+
+def special_cases():
+    """(name, boxes, scores, threshold) for ties, all-suppressed, empty, at-threshold."""
+    boxes, scores = random_boxes(60, seed=1)
+    same = torch.tensor([[10.0, 10, 20, 20]]).repeat(5, 1)
+    yield "random_ties", boxes, scores, 0.5
+    yield "random_ties_low_threshold", boxes, scores, 0.1
+    yield "all_equal_scores", boxes, torch.full((60,), 0.5), 0.3
+    yield "all_suppressed", same, torch.tensor([0.2, 0.9, 0.9, 0.1, 0.5]), 0.5
+    yield "zero_area_boxes", torch.tensor([[5.0, 5, 5, 5], [5, 5, 5, 5], [0, 0, 9, 9]]), \
+        torch.tensor([0.9, 0.8, 0.7]), 0.0
+    yield "empty", torch.zeros(0, 4), torch.zeros(0), 0.5
+    for k, (b, s, t, _) in enumerate(AT_THRESHOLD):
+        yield f"at_threshold_{k}", b, s, t
+
+
+CASES = list(special_cases())
+IDS = [c[0] for c in CASES]
+
+
+# -------------------------------------------------------------------------------------- eager
+@pytest.mark.parametrize("name, boxes, scores, threshold", CASES, ids=IDS)
+def test_eager_matches_reference(name, boxes, scores, threshold):
+    kept = nms_ops.nms(boxes, scores, threshold)
+    assert kept.dtype == torch.int64
+    assert kept.tolist() == reference_nms(boxes, scores, threshold)
+
+
+@pytest.mark.parametrize("boxes, scores, threshold, expected", AT_THRESHOLD)
+def test_iou_exactly_at_threshold(boxes, scores, threshold, expected):
+    assert nms_ops.nms(boxes, scores, threshold).tolist() == expected
+
+
+def test_all_suppressed_keeps_first_best_score():
+    same = torch.tensor([[10.0, 10, 20, 20]]).repeat(5, 1)
+    assert nms_ops.nms(same, torch.tensor([0.2, 0.9, 0.9, 0.1, 0.5]), 0.5).tolist() == [1]
+
+
+def test_batched_nms_matches_per_class_reference():
+    boxes, scores = random_boxes(80, seed=2)
+    boxes = boxes.round()  # integer coordinates: the class offset adds no rounding
+    idxs = torch.randint(0, 4, (80,), generator=torch.Generator().manual_seed(3))
+    kept = nms_ops.batched_nms(boxes, scores, idxs, 0.4)
+    assert kept.tolist() == reference_batched_nms(boxes, scores, idxs, 0.4)
+    assert nms_ops.batched_nms(boxes[:0], scores[:0], idxs[:0], 0.4).numel() == 0
+
+
+@pytest.mark.parametrize("name, boxes, scores, threshold", CASES, ids=IDS)
+@pytest.mark.parametrize("max_output", [1, 7, 100])
+def test_fixed_size_forms_equal_greedy(name, boxes, scores, threshold, max_output):
+    greedy = reference_nms(boxes, scores, threshold)[:max_output]
+    expected = torch.tensor(greedy + [-1] * (max_output - len(greedy)), dtype=torch.int64)
+    for form in (nms_ops.nms_fixed, nms_ops.nms_fixed_decomposition):
+        keep, num_kept = form(boxes, scores, threshold, max_output)
+        assert torch.equal(keep, expected), form.__name__
+        assert int(num_kept) == len(greedy) and num_kept.shape == ()
+
+
+def test_stable_descending_order_matches_stable_sort():
+    scores = torch.tensor([0.5, 0.9, 0.5, 0.1, 0.9, 0.5])
+    expected = torch.sort(scores, descending=True, stable=True).indices
+    assert torch.equal(nms_ops.stable_descending_order(scores), expected)
+
+
+def test_user_errors_raise_value_error():
+    boxes, scores = random_boxes(4, seed=0)
+    with pytest.raises(ValueError, match=r"\[N, 4\]"):
+        nms_ops.nms(boxes[:, :3], scores, 0.5)
+    with pytest.raises(ValueError, match=r"scores must be \[N\]"):
+        nms_ops.nms(boxes, scores[:3], 0.5)
+    with pytest.raises(ValueError, match=">= 0"):
+        nms_ops.nms(boxes, scores, -0.1)
+    with pytest.raises(ValueError, match="max_output"):
+        nms_ops.nms_fixed(boxes, scores, 0.5, 0)
+
+
+# --------------------------------------------------------------------------------------- ONNX
+class NMS(torch.nn.Module):
+    def __init__(self, threshold):
+        super().__init__()
+        self.threshold = threshold
+
+    def forward(self, boxes, scores):
+        return nms_ops.nms(boxes, scores, self.threshold)
+
+
+class FixedNMS(NMS):
+    def forward(self, boxes, scores):
+        return nms_ops.nms_fixed(boxes, scores, self.threshold, 10)
+
+
+class BatchedNMS(NMS):
+    def forward(self, boxes, scores, idxs):
+        return nms_ops.batched_nms(boxes, scores, idxs, self.threshold)
+
+
+def export(module, args, path):
+    n = torch.export.Dim("N", min=0)
+    names = ["boxes", "scores", "idxs"][: len(args)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            module, args, dynamo=True,
+            custom_translation_table=lightdeploy.ops.onnx_translation_table(),
+            opset_version=18, input_names=names, external_data=False, verbose=False,
+            dynamic_shapes={name: {0: n} for name in ["boxes", "scores", "idxs"][: len(args)]},
+        )
+    program.save(str(path))
+    return names
+
+
+def run_all_sizes(module, args, tmp_path, sizes):
+    ort = pytest.importorskip("onnxruntime")
+    names = export(module, args, tmp_path / "m.onnx")
+    session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    for n in sizes:
+        sliced = [a[:n] for a in args]
+        outputs = session.run(None, dict(zip(names, (a.numpy() for a in sliced))))
+        expected = module(*sliced)
+        expected = expected if isinstance(expected, tuple) else (expected,)
+        for got, want in zip(outputs, expected):
+            assert got.dtype == np.int64 and np.array_equal(got, want.numpy()), (n, got, want)
+
+
+@pytest.mark.parametrize("threshold", [0.5, 1 / 3, 1.5])
+def test_onnx_nms_equals_eager_in_onnxruntime(threshold, tmp_path):
+    boxes, scores = random_boxes(60, seed=4)
+    # Append the exact-threshold pair (IoU 1/3 as float32) so rounding of the threshold is tested.
+    boxes = torch.cat([boxes, torch.tensor([[0.0, 0, 2, 1], [1, 0, 3, 1]])])
+    scores = torch.cat([scores, torch.tensor([0.95, 0.94])])
+    run_all_sizes(NMS(threshold), (boxes.flip(0), scores.flip(0)), tmp_path, [62, 25, 0])
+
+
+def test_onnx_nms_fixed_and_batched_equal_eager(tmp_path):
+    boxes, scores = random_boxes(60, seed=5)
+    run_all_sizes(FixedNMS(0.5), (boxes, scores), tmp_path, [60, 6, 0])
+    idxs = torch.randint(0, 3, (60,), generator=torch.Generator().manual_seed(6))
+    run_all_sizes(BatchedNMS(0.5), (boxes, scores, idxs), tmp_path, [60, 17, 0])
+
+
+def test_onnx_nms_ties_order(tmp_path):
+    # Equal scores everywhere: the order is the index order in eager and must be in ORT too.
+    boxes, _ = random_boxes(40, seed=7)
+    run_all_sizes(NMS(0.3), (boxes, torch.full((40,), 0.25)), tmp_path, [40])
+
+
+def test_tables():
+    table = lightdeploy.ops.onnx_translation_table()
+    assert table[torch.ops.lightdeploy.nms.default] is nms_ops.onnx_nms
+    assert table[torch.ops.lightdeploy.nms_fixed.default] is nms_ops.onnx_nms_fixed
+    decompositions = lightdeploy.ops.decomposition_table()
+    fixed = torch.ops.lightdeploy.nms_fixed.default
+    assert decompositions[fixed] is nms_ops.nms_fixed_decomposition
+    assert torch.ops.lightdeploy.nms.default not in decompositions

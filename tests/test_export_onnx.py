@@ -50,3 +50,17 @@ def test_channel_shuffle_exports_as_gather(tmp_path):
     outcome = export("shufflenetv2_x0.5", "onnx", input_size=(64, 64), out=tmp_path, parity=False)
     ops = outcome.manifest["backend_info"]["onnx"]["op_types"]
     assert "Gather" in ops and "Transpose" not in ops
+
+
+@pytest.mark.parametrize("name", registered("segment"))
+def test_segmenter_dynamic_size(name, tmp_path):
+    """H and W symbolic in the graph, and the gate runs the photographs again at a second size."""
+    spec = get_spec(name)
+    h, w = small_size(spec)
+    outcome = export(name, "onnx", input_size=(h, 2 * w), dynamic_size=True, out=tmp_path)
+    shape = outcome.manifest["inputs"][0]["shape"]
+    assert isinstance(shape[2], str) and isinstance(shape[3], str)
+    report = outcome.report
+    assert report.passed, report.summary()
+    assert any("@" in n for n in report.inputs)  # photographs at the second size were compared
+    assert report.task_info["mask_pixel_agreement"] >= 0.999

@@ -38,13 +38,14 @@ def parity_inputs(manifest: dict, images: dict[str, np.ndarray] | None = None) -
 
 
 def second_size(manifest: dict) -> tuple[int, int] | None:
-    """A second (H, W) for dynamic-size artifacts: 3/4 of the size, kept a multiple of the stride."""
+    """A second (H, W) for dynamic-size artifacts: one stride larger each way (a non-square change
+    that keeps every feature map at least as large as at the exported size)."""
     dims = manifest["inputs"][0]["shape"]
     if isinstance(dims[2], int) and isinstance(dims[3], int):
         return None
     stride = manifest["preprocessing"].get("size_multiple", 32)
     h, w = manifest["preprocessing"]["size"]
-    return tuple(max(stride, (v * 3 // 4) // stride * stride) for v in (h, w))
+    return h + stride, w + 2 * stride
 
 
 def to_batches(inputs: list[ParityInput], batch_dim) -> list[tuple[list[str], np.ndarray]]:

@@ -112,7 +112,31 @@ def _simplify(model):
     onnxsim = require("onnxsim", package="onnxsim", extra="onnx", purpose="ONNX simplification")
     with _quiet():
         simplified, ok = onnxsim.simplify(model)
-    return (simplified, True) if ok else (model, False)
+    if not ok:
+        return model, False
+    restore_node_metadata(model, simplified)
+    return simplified, True
+
+
+# The dynamo exporter records which nn.Module made each node; onnxsim drops node metadata, so it is
+# copied back by node name (names survive).  `lightdeploy check` reports module paths from it.
+NAME_SCOPES = "pkg.torch.onnx.name_scopes"
+CLASS_HIERARCHY = "pkg.torch.onnx.class_hierarchy"
+KEPT_NODE_KEYS = (NAME_SCOPES, CLASS_HIERARCHY)  # small; the stack traces are not kept
+
+
+def restore_node_metadata(original, simplified) -> int:
+    """Copy the module-path metadata of ``original``'s nodes onto ``simplified``'s nodes of the same name."""
+    props = {n.name: [(p.key, p.value) for p in n.metadata_props if p.key in KEPT_NODE_KEYS]
+             for n in original.graph.node if n.name}
+    restored = 0
+    for node in simplified.graph.node:
+        if node.name in props and not any(p.key == NAME_SCOPES for p in node.metadata_props):
+            for key, value in props[node.name]:
+                entry = node.metadata_props.add()
+                entry.key, entry.value = key, value
+            restored += 1
+    return restored
 
 
 @contextlib.contextmanager

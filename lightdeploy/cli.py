@@ -233,6 +233,54 @@ def bench(
         benchmod.write_plot(rows, plot)
 
 
+# ----------------------------------------------------------------------------------- check / build
+@app.command()
+@_handle_errors
+def check(
+    subject: str = typer.Argument(..., metavar="MODEL|ONNX_FILE"),
+    to: str = typer.Option(..., "--to", help="Target whose operator support to check: trt."),
+    input_size: Optional[Tuple[int, int]] = typer.Option(None, "--input-size", help="H W"),
+    opset: int = typer.Option(18, "--opset"),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+):
+    """Check every ONNX node against the target's operator support, before any build (exit 2 if unsupported)."""
+    if to != "trt":
+        raise UsageError(f"`lightdeploy check --to {to}` is not available; operator tables exist for: trt.")
+    from lightdeploy.trtcheck import check as trt_check
+
+    report = trt_check(subject, input_size=input_size, opset=opset)
+    if as_json:
+        console.print_json(json.dumps(report.as_dict()))
+    else:
+        console.print(report)
+    if not report.supported:
+        raise typer.Exit(2)
+
+
+@app.command()
+@_handle_errors
+def build(
+    artifact: Path = typer.Argument(..., metavar="ARTIFACT_DIR"),
+    no_parity: bool = typer.Option(False, "--no-parity"),
+    images: Optional[Path] = typer.Option(None, "--images"),
+    quiet: bool = typer.Option(False, "--quiet"),
+):
+    """Build the TensorRT engine of a build plan (on the GPU machine), then run the parity gate on it."""
+    from lightdeploy.exporters.tensorrt_build import build_artifact
+    from lightdeploy.parity.report import render_table
+
+    report = build_artifact(artifact, parity=not no_parity, images_dir=str(images) if images else None,
+                            progress=_progress(quiet))
+    if report is None:
+        console.print(f"[bold]{artifact}[/]: engine built; parity NOT RUN (--no-parity)", highlight=False)
+        return
+    if not quiet:
+        console.print(render_table(report))
+    console.print(f"[bold]{artifact}[/]: {report.summary()}", highlight=False)
+    if not report.passed:
+        raise typer.Exit(1)
+
+
 def main() -> None:
     app()
 

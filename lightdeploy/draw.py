@@ -62,4 +62,27 @@ def draw_segmentation(rgb: np.ndarray, seg, path: Path) -> Path:
     return path
 
 
-DRAWERS = {"classify": draw_classification, "segment": draw_segmentation}
+def draw_detections(rgb: np.ndarray, dets, path: Path, max_boxes: int = 100) -> Path:
+    """Boxes with "label score" tags (one colour per class), and a footer with the detection count."""
+    img = Image.fromarray(rgb).convert("RGB")
+    draw = ImageDraw.Draw(img)
+    font = _font(14)
+    colours = palette(max([int(c) + 1 for c in dets.labels] + [1]))
+    width = max(2, round(max(img.size) / 300))
+    for box, score, label, name in list(zip(dets.boxes, dets.scores, dets.labels, dets.names))[:max_boxes]:
+        colour = tuple(int(v) for v in colours[int(label)])
+        x1, y1, x2, y2 = (float(v) for v in box)
+        draw.rectangle([x1, y1, x2, y2], outline=colour, width=width)
+        tag = f"{name} {float(score):.2f}"
+        left, top, right, bottom = draw.textbbox((x1, y1), tag, font=font)
+        ty = y1 - (bottom - top) - 4 if y1 - (bottom - top) - 4 >= 0 else y1
+        draw.rectangle([x1, ty, x1 + (right - left) + 4, ty + (bottom - top) + 4], fill=colour)
+        draw.text((x1 + 2, ty + 1), tag, fill="black", font=font)
+    canvas = Image.new("RGB", (img.width, img.height + 28), "white")
+    canvas.paste(img, (0, 0))
+    ImageDraw.Draw(canvas).text((8, img.height + 6), f"{len(dets.scores)} detections", fill="black", font=_font(16))
+    canvas.save(path)
+    return path
+
+
+DRAWERS = {"classify": draw_classification, "detect": draw_detections, "segment": draw_segmentation}

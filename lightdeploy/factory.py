@@ -45,8 +45,26 @@ def create_model(
 
         load_weights(model, weights, name)
     elif calibrate_bn:
-        reestimate_bn(model, spec, size, seed=seed)
+        key = (spec.name, num_classes or spec.num_classes, size, seed)
+        cached = _CALIBRATED.get(key)
+        if cached is None:
+            reestimate_bn(model, spec, size, seed=seed)
+            _remember(key, {k: v.clone() for k, v in model.state_dict().items()})
+        else:
+            model.load_state_dict(cached)
     return model.eval()
+
+
+# Re-estimating BN costs a few dozen forward passes; exporting one model to several targets (or
+# re-running parity) in one process rebuilds the same calibrated model, so keep the last few.
+_CALIBRATED: dict[tuple, dict] = {}
+_CALIBRATED_MAX = 4
+
+
+def _remember(key: tuple, state: dict) -> None:
+    if len(_CALIBRATED) >= _CALIBRATED_MAX:
+        _CALIBRATED.pop(next(iter(_CALIBRATED)))
+    _CALIBRATED[key] = state
 
 
 def build(spec: ModelSpec, num_classes: int, input_size: tuple[int, int]) -> nn.Module:

@@ -93,7 +93,12 @@ def export(
             from lightdeploy.parity import run_parity
 
             progress("running the parity gate")
-            report = run_parity(tmp, model=deployable, images=images)
+            # A TensorRT build plan has no engine on this machine: its exporter gates on CPU estimates
+            # (and returns None when the artifact is runnable here, e.g. an engine built on a GPU).
+            estimate = getattr(exporter, "estimate_parity", None)
+            report = estimate(tmp, model=deployable, images=images) if estimate else None
+            if report is None:
+                report = run_parity(tmp, model=deployable, images=images)
             report.artifact = final.name
             manifest = write_manifest(tmp, {**manifest, "parity": report.as_dict()})
         commit(tmp, final)
@@ -103,8 +108,12 @@ def export(
 
 
 def _output_names(spec, options: ExportOptions) -> tuple[str, ...]:
-    extra_outputs = tuple(options.extra.get("extra_outputs", ()))
-    return tuple(spec.outputs) + extra_outputs
+    names = tuple(spec.outputs)
+    if options.extra.get("raw_heads"):
+        if not spec.raw_outputs:
+            raise UsageError(f"--raw-heads is for detectors; {spec.name} has no raw head outputs.")
+        names += tuple(spec.raw_outputs)
+    return names
 
 
 def _manifest(job: ExportJob, result, model, num_classes, weights, seed) -> dict:
@@ -143,6 +152,7 @@ def _manifest(job: ExportJob, result, model, num_classes, weights, seed) -> dict
         "export_options": options.as_dict(),
         "versions": _versions(),
         "backend_info": result.info,
+        "notes": list(result.info.get("notes", [])),  # printed by `lightdeploy export` under the result
     }
 
 

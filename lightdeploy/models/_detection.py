@@ -39,6 +39,7 @@ RAW_OUTPUTS = ("rpn_logits", "rpn_deltas", "proposals", "rcnn_logits", "rcnn_del
 MAX_DETECTIONS = 100  # design.md: K = 100
 # torchvision's BoxCoder clamp: exp(dw) never exceeds 1000 / 16 (random weights give big deltas).
 DELTA_CLAMP = math.log(1000.0 / 16)
+MASKED_LOGP = -1e4  # log-probability given to masked candidates (padded RoIs, tiny boxes): never kept
 
 
 # ------------------------------------------------------------------------------------------ anchors
@@ -101,8 +102,9 @@ class ProposalLayer(nn.Module):
 
     Per image: top ``pre_nms_top_n`` anchors by objectness logit (ranking logits, not sigmoids, so
     saturated probabilities cannot tie), decode with ``stds``, clip, NMS at ``nms_thresh``, keep
-    ``post_nms_top_n``.  When fewer survive, the free slots repeat the best proposal (any real box
-    keeps PSRoIAlign well defined) and are marked invalid, so their detections are masked out.
+    ``post_nms_top_n``, ordered by anchor index (see forward).  When fewer survive, the free slots
+    (last) repeat the best proposal (any real box keeps PSRoIAlign well defined) and are marked
+    invalid, so their detections are masked out.
     """
 
     def __init__(self, pre_nms_top_n: int, post_nms_top_n: int, nms_thresh: float, stds=(1.0, 1.0, 1.0, 1.0)):
@@ -120,8 +122,16 @@ class ProposalLayer(nn.Module):
             top, idx = logits[b].topk(k)
             boxes = clip(decode(deltas[b][idx], anchors[idx], self.stds), h, w)
             keep, num = nms_fixed(boxes, top, self.nms_thresh, self.post_nms_top_n)
-            rois.append(boxes[keep.clamp(min=0)])
-            valid.append(torch.arange(self.post_nms_top_n, device=logits.device) < num)
+            slot = keep.clamp(min=0)
+            ok = torch.arange(self.post_nms_top_n, device=logits.device) < num
+            # Canonical order: by anchor index, not by score.  Scores of different anchors can lie
+            # within float noise of each other, and a backend's rounding would then swap two RoIs,
+            # misaligning every per-RoI tensor downstream (raw-head parity) though the set is equal.
+            # The anchor index is an exact integer; RoI order means nothing to the R-CNN subnet.
+            key = torch.where(ok, idx[slot], torch.full_like(slot, logits.shape[1])).to(torch.float32)
+            order = key.topk(self.post_nms_top_n, largest=False).indices
+            rois.append(boxes[slot[order]])
+            valid.append(ok[order])
         return torch.stack(rois), torch.stack(valid)
 
 
@@ -136,9 +146,10 @@ def rois_with_batch_index(rois: torch.Tensor) -> torch.Tensor:
 class DetectionLayer(nn.Module):
     """R-CNN outputs -> the fixed-size detections (design.md NMS contract).
 
-    Per image: softmax over C + 1 classes (0 = background), class-wise decode of the RoIs with
-    ``stds``, clip; the R x C (RoI, class) candidates of valid RoIs are cut to the best
-    ``pre_nms_top_n`` by score (a static top-k; scores below ``score_thresh`` can only trail), then
+    Per image: log-softmax over C + 1 classes (0 = background), class-wise decode of the RoIs with
+    ``stds``, clip; candidates of padded RoIs or smaller than ``min_size`` (torchvision's 1e-2 px)
+    are masked; the R x C (RoI, class) candidates are cut to the best ``pre_nms_top_n`` by score (a
+    static top-k; scores below ``score_thresh`` can only trail), then
     class-aware NMS at ``nms_thresh`` via per-class coordinate offsets (torchvision's batched_nms
     trick, offset = max(H, W) + 1 per class id, exact since boxes are clipped to the image), keep
     ``max_detections``; the score threshold is applied as a mask after NMS: a box under the threshold
@@ -146,8 +157,10 @@ class DetectionLayer(nn.Module):
     """
 
     def __init__(self, num_classes: int, score_thresh: float = 0.05, nms_thresh: float = 0.5,
-                 max_detections: int = MAX_DETECTIONS, pre_nms_top_n: int = 1000, stds=(0.1, 0.1, 0.2, 0.2)):
+                 max_detections: int = MAX_DETECTIONS, pre_nms_top_n: int = 1000, stds=(0.1, 0.1, 0.2, 0.2),
+                 min_size: float = 1e-2):
         super().__init__()
+        self.min_size = min_size
         self.num_classes = num_classes
         self.score_thresh = score_thresh
         self.nms_thresh = nms_thresh
@@ -162,22 +175,27 @@ class DetectionLayer(nn.Module):
         offset = float(max(h, w) + 1)
         out_boxes, out_scores, out_labels, out_num = [], [], [], []
         for b in range(rois.shape[0]):
-            probs = F.softmax(cls_logits[b], dim=-1)[:, 1:]  # [R, C]
-            probs = torch.where(valid[b][:, None], probs, torch.zeros_like(probs))
+            # Rank by log-probabilities: softmax saturates to exactly 1.0 in float32 once a logit
+            # leads by ~17, and exact ties are broken by index, which a backend may order otherwise.
+            logp = F.log_softmax(cls_logits[b], dim=-1)[:, 1:]  # [R, C]
             deltas = box_deltas[b].reshape(-1, c, 4)
             boxes = clip(decode(deltas, rois[b][:, None, :].expand(-1, c, -1), self.stds), h, w)  # [R, C, 4]
-            flat_scores = probs.reshape(-1)
-            k = min(self.pre_nms_top_n, flat_scores.shape[0])
-            top, idx = flat_scores.topk(k)
+            # torchvision's remove_small_boxes(min_size) and the padded RoIs, as masks (static shapes)
+            wide = (boxes[..., 2] - boxes[..., 0]) >= self.min_size
+            big = wide & ((boxes[..., 3] - boxes[..., 1]) >= self.min_size)
+            usable = big & valid[b][:, None]
+            logp = torch.where(usable, logp, torch.full_like(logp, MASKED_LOGP))
+            k = min(self.pre_nms_top_n, logp.numel())
+            top, idx = logp.reshape(-1).topk(k)
             cand = boxes.reshape(-1, 4)[idx]
             labels = idx % c
             shifted = cand + (labels.to(cand.dtype) * offset)[:, None]
             keep, num = nms_fixed(shifted, top, self.nms_thresh, k_out)
             slot = keep.clamp(min=0)
             score = top[slot]
-            ok = (torch.arange(k_out, device=rois.device) < num) & (score >= self.score_thresh)
+            ok = (torch.arange(k_out, device=rois.device) < num) & (score >= math.log(self.score_thresh))
             out_boxes.append(torch.where(ok[:, None], cand[slot], torch.zeros_like(cand[slot])))
-            out_scores.append(torch.where(ok, score, torch.zeros_like(score)))
+            out_scores.append(torch.where(ok, torch.exp(score), torch.zeros_like(score)))
             out_labels.append(torch.where(ok, labels[slot], torch.full_like(labels[slot], -1)))
             out_num.append(ok.to(torch.int64).sum())
         return torch.stack(out_boxes), torch.stack(out_scores), torch.stack(out_labels), torch.stack(out_num)
@@ -185,6 +203,18 @@ class DetectionLayer(nn.Module):
 
 # ------------------------------------------------------------------------------------ untrained init
 UNTRAINED_LOGIT_STD = 2.5
+# Detection heads' usual init (mmdet RPNHead / BBoxHead, as in ThunderNet's official config [O]):
+# RPN objectness and deltas N(0, 0.01), R-CNN box deltas N(0, 0.001), biases 0.  Beyond matching
+# training practice this keeps untrained deltas small (proposals near their anchors): with PyTorch's
+# default init the RPN deltas reach ~20, every box is clamped to exp(4.1) x its anchor and clipped,
+# and float noise in the deltas is multiplied by 512-pixel anchors into the proposals.
+RPN_INIT_STD = 0.01
+BOX_INIT_STD = 0.001
+
+
+def init_normal(layer: nn.Module, std: float) -> None:
+    nn.init.normal_(layer.weight, std=std)
+    nn.init.zeros_(layer.bias)
 
 
 def init_untrained_classifier(cls: nn.Linear, input_mean_square: float) -> None:
@@ -257,9 +287,20 @@ class TwoStageDetector(nn.Module):
             self(x)
         counts = {k: sum(v.values()) // 2 for k, v in counter.get_flop_counts().items()}
         root = type(self).__name__  # FlopCounterMode names modules "<root class>.<path>"
-        out = {label: sum(counts.get(f"{root}.{m}", 0) for m in modules) for label, modules in self.parts.items()}
+        out = {label: sum(_subtree_macs(counts, f"{root}.{m}") for m in modules)
+               for label, modules in self.parts.items()}
         out["total"] = counter.get_total_flops() // 2
         return out
+
+
+def _subtree_macs(counts: dict[str, int], prefix: str) -> int:
+    """MACs under module ``prefix``: its own entry, or (for a module whose ``forward`` is not what
+    runs, e.g. a backbone's ``features``) the sum over its outermost counted descendants."""
+    if prefix in counts:
+        return counts[prefix]
+    keys = [k for k in counts if k.startswith(prefix + ".")]
+    top = [k for k in keys if not any(k.startswith(o + ".") for o in keys)]
+    return sum(counts[k] for k in top)
 
 
 class RawHeads(nn.Module):
@@ -274,13 +315,8 @@ class RawHeads(nn.Module):
 
 
 def export_wrapper(model, extra: dict):
-    """ModelSpec.export_wrapper of the detectors: with ``extra["raw_heads"]``, add the raw heads.
-
-    The pipeline names the graph outputs ``spec.outputs + extra["extra_outputs"]``; until it learns
-    the raw names from the spec, the raw names are recorded in ``extra`` here (the same dict the
-    pipeline reads next, and the manifest stores, so ``lightdeploy parity DIR`` rebuilds the same).
-    """
+    """ModelSpec.export_wrapper of the detectors: with ``extra["raw_heads"]``, add the raw heads
+    (named by the spec's ``raw_outputs`` = RAW_OUTPUTS)."""
     if not extra.get("raw_heads"):
         return model
-    extra["extra_outputs"] = list(RAW_OUTPUTS)
     return RawHeads(model).eval()

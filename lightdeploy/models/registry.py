@@ -58,6 +58,8 @@ class ModelSpec:
     # Optional: (model, export options.extra) -> the module that is exported and compared, e.g. a
     # detector that also returns its raw head tensors.  None: the model itself.
     export_wrapper: Callable[..., object] | None = None
+    # Extra outputs the export wrapper adds with --raw-heads (detectors: the head tensors before NMS).
+    raw_outputs: tuple[str, ...] = ()
 
     def check_input_size(self, size: tuple[int, int]) -> tuple[int, int]:
         """Validate a user-given (H, W): positive multiples of the model's stride."""

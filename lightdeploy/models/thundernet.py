@@ -82,6 +82,8 @@ class CompressedRPN(nn.Module):
         )
         self.cls = nn.Conv2d(mid, num_anchors, 1)
         self.reg = nn.Conv2d(mid, 4 * num_anchors, 1)
+        det.init_normal(self.cls, det.RPN_INIT_STD)
+        det.init_normal(self.reg, det.RPN_INIT_STD)
 
     def forward(self, x: torch.Tensor):
         f_rpn = self.conv(x)
@@ -114,6 +116,7 @@ class RCNNHead(nn.Module):
         self.reg = nn.Linear(dim, 4 * num_classes)
         # E[h^2] = 0.019 measured for SNet146 at 320 on the sample photographs (one fc)
         det.init_untrained_classifier(self.cls, input_mean_square=0.019)
+        det.init_normal(self.reg, det.BOX_INIT_STD)
 
     def forward(self, pooled: torch.Tensor):
         h = self.fc(pooled.flatten(1))
@@ -171,5 +174,6 @@ for _depth in (49, 146, 535):
         description=f"ThunderNet with SNet{_depth} (CEM, compressed RPN, SAM, PSRoIAlign, 1024-d fc)",
         class_names=COCO,
         export_wrapper=det.export_wrapper,
+        raw_outputs=det.RAW_OUTPUTS,
     ))
 register_alias("thundernet", "thundernet_snet146")

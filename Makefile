@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-cpu-dev
 OUT ?= artifacts
 
-.PHONY: demo test install clean
+.PHONY: demo test test-all install clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -21,11 +21,17 @@ install: $(STAMP)
 
 # The main job: export to every CPU backend with the parity gate (exit 1 if any artifact diverges).
 demo: $(STAMP)
-	$(BIN)/lightdeploy export shufflenetv2 --to onnx --out $(OUT)
-	$(BIN)/lightdeploy info $(OUT)/shufflenetv2-onnx-fp32
+	$(BIN)/lightdeploy export shufflenetv2 --to onnx --to openvino --out $(OUT)
+	$(BIN)/lightdeploy export thundernet --to onnx --to openvino --out $(OUT)
+	$(BIN)/lightdeploy predict $(OUT)/thundernet-onnx-fp32 tests/data/astronaut.jpg --out $(OUT)/predictions
 
+# The CI gate: every test but the `slow` set (INT8 calibration of the big models, extra sizes).
 test: $(STAMP)
-	$(BIN)/python -m pytest -n 2 --dist loadgroup -q --junitxml=reports/junit.xml
+	$(BIN)/python -m pytest -n 2 -q -m "not slow" --junitxml=reports/junit.xml
+
+# Everything, slow set included (about an hour on 2 cores).
+test-all: $(STAMP)
+	$(BIN)/python -m pytest -n 2 -q --junitxml=reports/junit-all.xml
 
 clean:
 	rm -rf $(VENV) $(OUT) reports .pytest_cache

@@ -1,0 +1,310 @@
+"""OpenVINO export + parity for every registered model at FP32, FP16 and INT8, and the backend's promises.
+
+INT8 and random weights: the registry's models carry seeded random weights (BN re-estimated on the
+photographs), and such networks amplify small perturbations through depth: adding one int8 step of
+uniform noise to every conv output in *eager* PyTorch already drops the logits' cosine to 0.78-0.90
+(shufflenetv2 / mobilenetv2, 64x64), and NNCF's accuracy-controlled quantisation reverted every
+quantiser of shufflenetv2 without reaching cosine 0.985.  So at the design's int8 row
+(cosine >= 0.98) an honestly quantised random-weight model fails the gate; those tests are expected
+failures (ParityError only: any other error still fails them), and pass as soon as real weights are
+used.  The numbers are in the issue-5 report and ``exporters/openvino.py``.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+
+import numpy as np
+import pytest
+
+from lightdeploy.errors import MissingDependencyError, ParityError
+from lightdeploy.models.registry import get_spec
+from lightdeploy.pipeline import export
+
+from conftest import registered, small_size
+
+pytest.importorskip("openvino")
+
+INT8_XFAIL = pytest.mark.xfail(
+    raises=ParityError, strict=False,
+    reason="random-weight models are too noise-sensitive for the int8 row (cosine >= 0.98); see module doc",
+)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """Eager runs on one thread: two xdist workers share two cores with OpenVINO's own threads, and
+    OpenMP threads that wait on a busy core made a 64x64 forward 50x slower (measured: 622 vs 13 ms)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _check(outcome, name, precision):
+    report = outcome.report
+    assert report.passed, report.summary()
+    manifest = outcome.manifest
+    assert manifest["backend"] == "openvino" and manifest["backend_file"] == "model.xml"
+    assert manifest["precision"] == precision
+    assert {"model.onnx", "model.xml", "model.bin"} <= set(manifest["files"])
+    assert [o["name"] for o in manifest["outputs"]] == list(get_spec(name).outputs)
+
+
+# Measured failures of FP16 weights on random-weight models (64x64, dfanet 128x128), kept visible as
+# xfail instead of a looser row.  Rounding only the conv/linear weights to fp16 in eager PyTorch moves
+# mobilenetv2_x0.35 to cosine 0.99883, so the cause is the weights, not OpenVINO.
+KNOWN_FP16_FAILURES = {
+    "mobilenetv2_x0.35": "fp16 weights: logits cosine 0.99899 (row: 0.999)",
+    "bisenet_xception39": "fp16 weights: mask pixels 98.1% (row: 99%)",
+    "dfanet_a": "fp16 weights amplified through the 3-backbone cascade: cosine 0.984, mask 94.1%",
+    "dfanet_b": "fp16 weights amplified through the 3-backbone cascade: cosine 0.985, mask 92.1%",
+}
+
+
+def _precision_params():
+    params = []
+    for name in registered():
+        params.append(pytest.param(name, "fp32", id=f"{name}-fp32"))
+        marks = [pytest.mark.xfail(raises=ParityError, strict=False, reason=KNOWN_FP16_FAILURES[name])] \
+            if name in KNOWN_FP16_FAILURES else []
+        params.append(pytest.param(name, "fp16", marks=marks, id=f"{name}-fp16"))
+    return params
+
+
+@pytest.mark.parametrize("name,precision", _precision_params())
+def test_export_and_parity(name, precision, tmp_path):
+    outcome = export(name, "openvino", precision=precision, input_size=small_size(get_spec(name)), out=tmp_path)
+    _check(outcome, name, precision)
+
+
+def _int8_params():
+    """Every model; NNCF calibration of the segmenters and detectors takes minutes, so those run in
+    the slow set (`make test-all`) and the classifiers in every run."""
+    return [name if get_spec(name).task == "classify" else pytest.param(name, marks=pytest.mark.slow)
+            for name in registered()]
+
+
+@INT8_XFAIL
+@pytest.mark.parametrize("name", _int8_params())
+def test_export_and_parity_int8(name, tmp_path):
+    outcome = export(name, "openvino", precision="int8", input_size=small_size(get_spec(name)), out=tmp_path)
+    _check(outcome, name, "int8")
+
+
+# ------------------------------------------------------------------------------------ the exporter
+@pytest.fixture(scope="module")
+def fp32_artifact(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ov")
+    return export("shufflenetv2_x0.5", "openvino", input_size=(64, 64), out=out, parity=False).folder
+
+
+def test_fp16_weights_are_half_the_size(fp32_artifact, tmp_path):
+    fp16 = export("shufflenetv2_x0.5", "openvino", precision="fp16", input_size=(64, 64), out=tmp_path,
+                  parity=False).folder
+    ratio = (fp16 / "model.bin").stat().st_size / (fp32_artifact / "model.bin").stat().st_size
+    assert 0.45 < ratio < 0.55
+
+
+@pytest.fixture(scope="module")
+def int8_artifact(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ov8")
+    return export("mobilenetv2_x0.35", "openvino", precision="int8", input_size=(64, 64), out=out,
+                  parity=False).folder
+
+
+def test_int8_manifest_says_what_calibrated_it(int8_artifact):
+    from lightdeploy.runtimes.manifest import read_manifest
+
+    info = read_manifest(int8_artifact)["backend_info"]["int8"]
+    calib = info["calibration"]
+    assert calib["source"] == "scikit-image sample photographs" and calib["images"] == 60
+    assert calib["batches_used"] > 0 and info["fake_quantize_nodes"] > 0
+    assert "ignored_scope" in info and "preset" in info
+
+
+def test_channel_shuffle_gathers_survive_openvino(fp32_artifact):
+    """OpenVINO's ReverseInputChannelsFusion folded the shuffle Gather into the next conv wrongly (see
+    guard_permutation_gathers); the exporter's rewrite keeps it out, and FP32 parity holds."""
+    from lightdeploy.parity import run_parity
+
+    info = __import__("json").loads((fp32_artifact / "manifest.json").read_text())["backend_info"]
+    assert info["onnx"]["rewrites"]["gather_axis_made_negative"] > 0
+    assert run_parity(fp32_artifact).passed
+
+
+def test_permutation_gather_guard_on_a_tiny_graph(tmp_path):
+    """The bug and the guard on one Gather -> Conv: a non-involutive permutation of 8 channels."""
+    import onnx
+    import openvino as ov
+    from onnx import TensorProto, helper, numpy_helper
+
+    from lightdeploy.exporters.openvino import guard_permutation_gathers
+
+    rng = np.random.default_rng(0)
+    perm = np.arange(8).reshape(2, 4).T.reshape(-1)  # channel shuffle, groups=2: not its own inverse
+    w = rng.standard_normal((4, 8, 1, 1)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["x", "perm"], ["g"], axis=1), helper.make_node("Conv", ["g", "w"], ["y"])],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 4, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 4, 4])],
+        initializer=[numpy_helper.from_array(perm, "perm"), numpy_helper.from_array(w, "w")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    x = rng.standard_normal((1, 8, 4, 4)).astype(np.float32)
+    want = np.einsum("oc,nchw->nohw", w[:, :, 0, 0], x[:, perm])
+
+    def run(m):
+        path = tmp_path / "m.onnx"
+        onnx.save(m, str(path))
+        compiled = ov.Core().compile_model(ov.convert_model(str(path)), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+        return compiled({"x": x})[0]
+
+    assert guard_permutation_gathers(model) == 1
+    np.testing.assert_allclose(run(model), want, atol=1e-4)
+
+
+# ------------------------------------------------------------------------------------ the runtime
+def test_runtime_pins_f32_and_latency(fp32_artifact):
+    from lightdeploy.runtimes import open_runtime
+
+    rt = open_runtime(fp32_artifact)
+    assert rt.inference_precision == "f32"  # not the bf16 default of AMX / AVX-512-BF16 hosts
+    assert str(rt.property("PERFORMANCE_HINT")).endswith("LATENCY")
+    out = rt.run({"image": np.zeros((1, 3, 64, 64), np.float32)})
+    assert out["logits"].shape == (1, 1000) and out["logits"].dtype == np.float32
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_runtime_thread_count(fp32_artifact, threads):
+    from lightdeploy.runtimes import open_runtime
+
+    assert open_runtime(fp32_artifact, threads=threads).threads == threads
+
+
+def test_runtime_rejects_bad_threads_and_feeds(fp32_artifact):
+    from lightdeploy.errors import UsageError
+    from lightdeploy.runtimes import open_runtime
+
+    with pytest.raises(UsageError, match="threads"):
+        open_runtime(fp32_artifact, threads=0)
+    rt = open_runtime(fp32_artifact)
+    with pytest.raises(UsageError, match="image"):
+        rt.run({"input": np.zeros((1, 3, 64, 64), np.float32)})
+
+
+def test_runtime_load_predicts(fp32_artifact, cat_image):
+    from lightdeploy import runtimes
+
+    model = runtimes.load(fp32_artifact, threads=1)
+    assert model.infer({"image": np.zeros((1, 3, 64, 64), np.float32)})["logits"].shape == (1, 1000)
+    assert model.predict(cat_image)
+
+
+def test_runs_without_torch(fp32_artifact):
+    """An edge app has openvino and numpy, not torch: loading and running the IR must not need it."""
+    import subprocess
+
+    code = (
+        "import sys\nsys.modules['torch'] = None\n"
+        "import numpy as np\nfrom lightdeploy import runtimes\n"
+        f"m = runtimes.load({str(fp32_artifact)!r})\n"
+        "print(m.infer({'image': np.zeros((1, 3, 64, 64), np.float32)})['logits'].shape)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "(1, 1000)"
+
+
+def test_dynamic_batch(tmp_path):
+    outcome = export("mobilenetv2_x0.35", "openvino", input_size=(64, 64), dynamic_batch=True, out=tmp_path)
+    assert isinstance(outcome.manifest["inputs"][0]["shape"][0], str) and outcome.report.passed
+    from lightdeploy.runtimes import open_runtime
+
+    rt = open_runtime(outcome.folder)
+    assert rt.inputs[0].shape == (None, 3, 64, 64)
+    assert rt.run({"image": np.zeros((3, 3, 64, 64), np.float32)})["logits"].shape == (3, 1000)
+
+
+def test_missing_openvino_names_the_extra(fp32_artifact, monkeypatch):
+    from lightdeploy.runtimes import open_runtime
+
+    monkeypatch.setitem(sys.modules, "openvino", None)  # import openvino -> ImportError
+    with pytest.raises(MissingDependencyError, match=r"lightdeploy\[openvino\]"):
+        open_runtime(fp32_artifact)
+
+
+def test_missing_openvino_at_export_names_the_extra(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "openvino", None)
+    with pytest.raises(MissingDependencyError, match=r"lightdeploy\[openvino\]"):
+        export("shufflenetv2_x0.5", "openvino", input_size=(64, 64), out=tmp_path)
+    assert not any(p.name.startswith("shufflenetv2_x0.5") for p in tmp_path.iterdir())
+
+
+def test_int8_failure_names_output_and_amount(int8_artifact):
+    """An int8 miss reports each failing output with its value and limit (forced here by an override)."""
+    from lightdeploy.parity import run_parity, tolerance_for
+
+    tol = tolerance_for("openvino", "int8", overrides={"cosine_min": 1.000001})
+    report = run_parity(int8_artifact, tolerance=tol)
+    assert not report.passed
+    summary = report.summary()
+    assert "openvino/int8" in summary
+    assert re.search(r"logits cosine = 0\.\d+ \(limit >= 1\)", summary), summary
+    assert ParityError(summary).exit_code == 1
+
+
+# ------------------------------------------------------------------------------------ PSRoIAlign
+def _psroi_module():
+    """image -> 4x-downsampled 18-channel features -> PSRoIAlign 3x3 of fixed boxes (incl. edge cases)."""
+    import torch
+
+    from lightdeploy.ops.ps_roi_align import ps_roi_align
+
+    class PSRoI(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.conv = torch.nn.Conv2d(3, 18, 3, padding=1)
+            boxes = [[0, 0, 0, 63, 63], [0, 5.3, 7.9, 40.2, 30.1], [0, -6, -4, 20, 70],  # whole, inner, outside
+                     [0, 30.5, 30.5, 31.0, 31.25], [0, 48, 2, 64, 17]]  # sub-pixel, right edge
+            self.register_buffer("boxes", torch.tensor(boxes))
+
+        def forward(self, image):
+            feats = torch.nn.functional.avg_pool2d(self.conv(image), 4)
+            return ps_roi_align(feats, self.boxes, 3, spatial_scale=0.25, sampling_ratio=2)
+
+    return PSRoI().eval()
+
+
+@pytest.mark.parametrize("variant", ["roi_align_all_channels", "roi_align_per_bin", "roi_align_bins_as_batch",
+                                     "bilinear_gather"])
+def test_ps_roi_align_through_openvino(variant, tmp_path, monkeypatch):
+    """The ONNX lowerings of PSRoIAlign (opset-16 RoiAlign, half_pixel) convert to OpenVINO ROIAlign
+    with aligned_mode half_pixel_for_nn (OpenVINO's 'half_pixel' would be 0.09 off) and match eager."""
+    import openvino as ov
+    import torch
+
+    from lightdeploy.exporters.base import ExportJob, ExportOptions
+    from lightdeploy.exporters.onnx import export_onnx
+    from lightdeploy.ops import ps_roi_align as psmod
+
+    monkeypatch.setattr(psmod, "ONNX_TRANSLATIONS", {psmod._OP: psmod.ONNX_VARIANTS[variant]})
+    module = _psroi_module()
+    job = ExportJob(model=module, spec=None, options=ExportOptions(target="openvino", input_size=(64, 64)),
+                    output_names=("pooled",))
+    export_onnx(job, tmp_path / "model.onnx")
+    model = ov.convert_model(str(tmp_path / "model.onnx"))
+    modes = [op.get_attributes()["aligned_mode"] for op in model.get_ordered_ops() if op.get_type_name() == "ROIAlign"]
+    if variant != "bilinear_gather":
+        assert modes and set(modes) == {"half_pixel_for_nn"}
+    compiled = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    x = torch.from_numpy(np.random.default_rng(0).standard_normal((1, 3, 64, 64)).astype(np.float32))
+    with torch.no_grad():
+        want = module(x).numpy()
+    got = compiled({"image": x.numpy()})[0]
+    assert got.shape == want.shape == (5, 2, 3, 3)
+    np.testing.assert_allclose(got, want, atol=1e-5 * np.abs(want).max() + 1e-6)

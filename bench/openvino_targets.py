@@ -1,7 +1,7 @@
 """OpenVINO FP32 / FP16 / INT8 against eager PyTorch and ONNX Runtime, exported and timed in one run.
 
-    .venv/bin/python bench/openvino.py                       # default models, their default size
-    .venv/bin/python bench/openvino.py --models mobilenetv2 --size 224 224 --runs 100
+    .venv/bin/python bench/openvino_targets.py                       # default models, their default size
+    .venv/bin/python bench/openvino_targets.py --models mobilenetv2 --size 224 224 --runs 100
 
 Exports every model to ONNX (ORT fp32) and OpenVINO fp32/fp16/int8 in a temporary folder, with the
 parity gate on (a failed gate is printed and the artifact still timed: speed and parity are separate
@@ -19,11 +19,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-
-# Run as a script, this file's folder is sys.path[0], where this very file would shadow the real
-# ``openvino`` package: drop that entry before anything imports openvino.
-_HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 
 DEFAULT_MODELS = ("mobilenetv2", "shufflenetv2", "snet146", "thundernet", "bisenet", "dfanet")
 TARGETS = (("onnx", "fp32"), ("openvino", "fp32"), ("openvino", "fp16"), ("openvino", "int8"))

@@ -153,7 +153,7 @@ def quantize_int8(model, job: ExportJob, *, ignored_types: tuple[str, ...] | Non
     """NNCF post-training quantisation of an ov.Model on the calibration set; returns (model, info).
 
     ``ignored_types`` / ``preset`` / ``subset_size`` default to the measured module settings; they
-    are parameters so the measurement (bench/openvino.py --sweep) can vary them.
+    are parameters so the measurement (bench/openvino_targets.py --sweep) can vary them.
     """
     nncf = require("nncf", package="nncf", extra="openvino", purpose="OpenVINO INT8 quantisation")
     from lightdeploy.calibration import calibration_set

@@ -102,7 +102,7 @@ def render_table(rows: list[BenchRow]):
 
     table = Table(title=f"latency, batch as exported, {rows[0].threads if rows else '?'} threads")
     for col in ("subject", "runtime", "input", "median ms", "p90 ms", "x eager"):
-        table.add_column(col)
+        table.add_column(col, overflow="fold")
     for r in rows:
         table.add_row(r.subject, r.runtime, "x".join(map(str, r.input_shape)), f"{r.median_ms:.2f}",
                       f"{r.p90_ms:.2f}", f"{r.ratio_to_eager:.2f}" if r.ratio_to_eager is not None else "")

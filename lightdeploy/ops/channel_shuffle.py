@@ -7,13 +7,15 @@ Schema::
         out[:, k * groups + g] = x[:, g * (C // groups) + k]
 
 Eager: reshape [N, g, C/g, H, W] -> transpose(1, 2) -> reshape [N, C, H, W] (torchvision's form).
-ONNX: one ``Gather(axis=1)`` with a constant permutation (the alternative measured against it is
-Reshape-Transpose-Reshape, written with H*W flattened so it stays 4-D).  Measured in ONNX Runtime 1.32, 2 threads,
-batch 1, on ShuffleNetV2 1.0x at 224x224 (16 shuffles): Gather form 5.93 ms median vs the
-reshape-transpose-reshape form 5.95 ms (within noise; per-op microbench on [1,232,14,14]: Gather
-3.4 us vs 7.0 us for the three nodes), and Gather needs no 5-D tensor and no shape arithmetic for a
-dynamic batch, which TFLite and NPU compilers prefer; so Gather is the exported form.  The
-measurement is rerun by ``bench/channel_shuffle.py``.
+ONNX: one ``Gather(axis=1)`` with a constant permutation.  The alternative measured against it is
+Reshape [N, g, C/g, H*W] -> Transpose -> Reshape (written with H*W flattened so it stays 4-D).
+Measured with ``bench/channel_shuffle.py`` (ONNX Runtime 1.32, 2 threads, batch 1, best median of 5
+interleaved rounds, 2026-11-28 on the project's 2-core x86 machine): ShuffleNetV2 1.0x at 224x224,
+Gather 2.52 ms vs reshape 2.55 ms (equal within noise); the op alone on [1, 232, 14, 14] 8.8 us vs
+13.2 us and on [1, 116, 28, 28] 9.5 us vs 21.3 us.  Gather is as fast or faster, needs no shape
+arithmetic for a dynamic batch, and has no 5-D or transposed tensor, which TFLite and NPU compilers
+prefer; so Gather is the exported form.  (OpenVINO folds a channel Gather into the next Conv with
+the wrong permutation; ``exporters/openvino.py`` rewrites it, see there.)
 """
 
 from __future__ import annotations

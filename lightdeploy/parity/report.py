@@ -69,7 +69,7 @@ def render_table(report: ParityReport):
 
     table = Table(title=f"parity: {report.artifact} ({report.backend}/{report.precision})")
     for col in ("subject", "metric", "value", "limit", "ok"):
-        table.add_column(col)
+        table.add_column(col, overflow="fold")
     for name, s in report.outputs.items():
         table.add_row(name, "max abs / max rel", f"{s['max_abs']:.3g} / {s['max_rel']:.3g}", "", "")
     for c in report.checks:

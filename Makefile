@@ -27,11 +27,11 @@ demo: $(STAMP)
 
 # The CI gate: every test but the `slow` set (INT8 calibration of the big models, extra sizes).
 test: $(STAMP)
-	$(BIN)/python -m pytest -n 2 -q -m "not slow" --junitxml=reports/junit.xml
+	$(BIN)/python -m pytest -n 2 --dist loadgroup -q -m "not slow" --junitxml=reports/junit.xml
 
 # Everything, slow set included (about an hour on 2 cores).
 test-all: $(STAMP)
-	$(BIN)/python -m pytest -n 2 -q --junitxml=reports/junit-all.xml
+	$(BIN)/python -m pytest -n 2 --dist loadgroup -q --junitxml=reports/junit-all.xml
 
 clean:
 	rm -rf $(VENV) $(OUT) reports .pytest_cache

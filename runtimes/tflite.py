@@ -1,0 +1,138 @@
+"""TFLite backend: the LiteRT interpreter (``ai_edge_litert``) with XNNPACK, or ``tflite_runtime``.
+
+``ai_edge_litert.interpreter.Interpreter`` applies XNNPACK by default; ``tflite_runtime`` is the
+fallback an edge device may have instead.  Feeds are mapped to tensor indices through the model's
+signature (the exporter names the signature's input and outputs after the manifest), with fallbacks
+for files converted elsewhere: tensor names that contain the manifest name, then position.  The
+manifest's shapes are the artifact's own layout (NCHW, or NHWC where it says so); nothing is
+transposed here.  numpy only: no torch, no tensorflow.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from lightdeploy.errors import ArtifactError, missing_package
+from lightdeploy.runtimes.base import RuntimeBase, TensorSpec
+
+
+def interpreter_class():
+    """(Interpreter class, package name): ai-edge-litert first, tflite-runtime on devices without it."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+
+        return Interpreter, "ai-edge-litert"
+    except ImportError:
+        pass
+    try:
+        from tflite_runtime.interpreter import Interpreter
+
+        return Interpreter, "tflite-runtime"
+    except ImportError:
+        raise missing_package("ai-edge-litert", "tflite", "Running TFLite artifacts") from None
+
+
+class TFLiteBackend(RuntimeBase):
+    backend = "tflite"
+
+    def __init__(self, model_path: str | Path, manifest: dict, threads: int | None = None):
+        interpreter_cls, self.package = interpreter_class()
+        try:
+            self._interp = interpreter_cls(model_path=str(model_path), num_threads=threads or None)
+            self._interp.allocate_tensors()
+        except (ValueError, RuntimeError) as exc:
+            raise ArtifactError(f"The LiteRT interpreter cannot open {str(model_path)!r}: {exc}") from None
+        ins = [TensorSpec.from_manifest(e) for e in manifest["inputs"]]
+        outs = [TensorSpec.from_manifest(e) for e in manifest["outputs"]]
+        super().__init__(ins, outs)
+        self._runner = None  # set when the model's signature names every manifest tensor
+        in_details, out_details = self._details(manifest.get("backend_info", {}).get("signature"))
+        self._in = _resolve(ins, in_details, "input", model_path)
+        self._out = _resolve(outs, out_details, "output", model_path)
+
+    def _details(self, signature: str | None) -> tuple[list[dict], list[dict]]:
+        """Input and output details, named by the signature when the model has one."""
+        interp = self._interp
+        sigs = interp.get_signature_list() if hasattr(interp, "get_signature_list") else {}
+        key = signature if signature in sigs else (next(iter(sigs)) if len(sigs) == 1 else None)
+        plain_in, plain_out = interp.get_input_details(), interp.get_output_details()
+        if key is None:
+            return plain_in, plain_out
+        runner = interp.get_signature_runner(key)
+        named = []
+        for table in (runner.get_input_details(), runner.get_output_details()):
+            named.append([{**d, "name": n} for n, d in table.items()])
+        names = {d["name"] for d in named[0] + named[1]}
+        if {t.name for t in self.inputs + self.outputs} <= names:
+            # The runner reads outputs through the signature: after ai-edge-quantizer rewrites a
+            # graph, a signature output need not be a buffer get_tensor can read directly.
+            self._runner = runner
+        return named[0], named[1]
+
+    def _run_impl(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self._runner is not None:
+            result = self._runner(**{s.name: _to_tensor(feeds[s.name], self._in[s.name]) for s in self.inputs})
+            return {s.name: _from_tensor(result[s.name], self._out[s.name], s) for s in self.outputs}
+        interp = self._interp
+        for spec in self.inputs:
+            detail = self._in[spec.name]
+            interp.set_tensor(detail["index"], _to_tensor(feeds[spec.name], detail))
+        interp.invoke()
+        return {spec.name: _from_tensor(interp.get_tensor(self._out[spec.name]["index"]), self._out[spec.name], spec)
+                for spec in self.outputs}
+
+
+def _resolve(specs: list[TensorSpec], details: list[dict], kind: str, path) -> dict[str, dict]:
+    """{manifest name: interpreter detail}: exact name, then a name containing it, then position."""
+    out: dict[str, dict] = {}
+    free = list(details)
+    for spec in specs:
+        match = [d for d in free if d["name"] == spec.name]
+        if not match:
+            match = [d for d in free if spec.name in d["name"].split(":")[0]]
+        if len(match) == 1:
+            out[spec.name] = match[0]
+            free.remove(match[0])
+    unmatched = [s for s in specs if s.name not in out]
+    if unmatched and len(unmatched) == len(free):  # a model converted without our names: by order
+        out.update({s.name: d for s, d in zip(unmatched, free)})
+    elif unmatched:
+        raise ArtifactError(
+            f"Cannot map the manifest's {kind}s {[s.name for s in unmatched]} to the tensors of "
+            f"{str(path)!r} ({[d['name'] for d in details]}). Re-export the artifact."
+        )
+    for spec in specs:
+        got = tuple(int(v) for v in out[spec.name]["shape"])
+        if len(got) != len(spec.shape) or any(w is not None and w != g for w, g in zip(spec.shape, got)):
+            raise ArtifactError(
+                f"The manifest's {kind} {spec.name!r} has shape {list(spec.shape)} but the model file's "
+                f"tensor has {list(got)}; the manifest does not describe this file. Re-export it."
+            )
+    return out
+
+
+def _to_tensor(array: np.ndarray, detail: dict) -> np.ndarray:
+    """Quantise a float feed for an integer model input (files with int8 I/O); else pass through."""
+    dtype = np.dtype(detail["dtype"])
+    if array.dtype == dtype:
+        return array
+    scale, zero = detail.get("quantization", (0.0, 0))
+    if np.issubdtype(dtype, np.integer) and scale:
+        info = np.iinfo(dtype)
+        return np.clip(np.round(array / scale + zero), info.min, info.max).astype(dtype)
+    return array.astype(dtype)
+
+
+def _from_tensor(array: np.ndarray, detail: dict, spec: TensorSpec) -> np.ndarray:
+    """Dequantise an integer output the manifest declares as float; copy (the buffer is reused)."""
+    want = np.dtype(spec.dtype)
+    scale, zero = detail.get("quantization", (0.0, 0))
+    if np.issubdtype(want, np.floating) and np.issubdtype(array.dtype, np.integer) and scale:
+        return ((array.astype(np.float32) - zero) * scale).astype(want)
+    return array.astype(want, copy=True)
+
+
+def open_artifact(folder: Path, manifest: dict, threads: int | None = None) -> TFLiteBackend:
+    return TFLiteBackend(Path(folder) / manifest["backend_file"], manifest, threads=threads)

@@ -1,0 +1,259 @@
+"""TFLite (litert-torch) export + parity for every registered model, and the backend's promises.
+
+- FP32: every registered model (aliases skipped, new models enrolled automatically), gated at the
+  design's fp32 row.
+- FP16 / INT8: a documented subset, ``QUANT_MODELS`` (one per family: an inverted-residual net, a
+  shuffle net, a segmenter).  Why not all: a litert-torch conversion costs three AOTAutograd
+  retraces of the model (torch.export, its FX passes, the MLIR lowering), 10-25 s per model on
+  these 2-core machines, and the whole file must stay near 5 minutes.  fp16 and int8 reuse the
+  float flatbuffer of the same model (exporters/tflite.py), so they add little once fp32 ran in the
+  same worker (the tests of one model share an xdist group).
+- Random weights: the registry's models carry seeded random weights, and such networks amplify
+  small perturbations through depth: half an int8 step of uniform noise on the *input* alone drops
+  eager PyTorch's own logits cosine to 0.97-0.99 (mobilenetv2, 64x64).  So the int8 row (cosine >=
+  0.98) fails for an honestly quantised random-weight model, and at fp16 the classifiers' top-1
+  (judged on every input, margins of random logits are tiny) flips on 1-2 of 10 inputs while the
+  cosine passes (0.9998); bisenet_xception39 fp16 sits at cosine 0.9989 (row 0.999).  Those are
+  expected failures (ParityError only), after asserting what must hold anyway: builtin ops only,
+  float I/O, cosine far from broken (floors below).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import pytest
+
+from lightdeploy.errors import MissingDependencyError, ParityError, UsageError
+from lightdeploy.models.registry import get_spec
+from lightdeploy.pipeline import export
+
+from conftest import registered, small_size
+
+pytest.importorskip("litert_torch")
+pytest.importorskip("ai_edge_litert")
+
+QUANT_MODELS = ("mobilenetv2", "shufflenetv2", "bisenet_xception39")
+# Quantised artifacts must stay far from broken (a wrong scale or a layout mix-up gives cosine ~0).
+# Measured worst-input cosines at the test sizes: fp16 0.9998 (classifiers), 0.9989
+# (bisenet_xception39; the row is 0.999); int8 0.62-0.70.
+FP16_COSINE_FLOOR = 0.995
+INT8_COSINE_FLOOR = 0.4
+
+_EXPORTED: dict[tuple, object] = {}  # one export per (model, precision, nhwc) per worker
+
+
+def exported(name: str, precision: str, tmp_path_factory, nhwc: bool = False):
+    """Export once; a ParityError is kept and re-raised to every test that asks for it."""
+    key = (name, precision, nhwc)
+    if key not in _EXPORTED:
+        out = tmp_path_factory.mktemp(f"tflite-{name}-{precision}")
+        try:
+            _EXPORTED[key] = export(name, "tflite", precision=precision, input_size=small_size(get_spec(name)),
+                                    nhwc=nhwc, out=out)
+        except ParityError as exc:
+            _EXPORTED[key] = (exc, out / f"{name}-tflite-{precision}")
+    result = _EXPORTED[key]
+    if isinstance(result, tuple):
+        raise result[0]
+    return result
+
+
+def _model_params():
+    """Every model, grouped per model so one worker converts it once.  The detectors' unrolled NMS
+    becomes 8,000-21,000 TFLite ops and a conversion of minutes, so they run in the slow set."""
+    return [pytest.param(n, marks=[pytest.mark.xdist_group(n)] + ([pytest.mark.slow] if get_spec(n).task == "detect" else []))
+            for n in registered()]
+
+
+def _manifest_checks(manifest: dict, name: str, precision: str) -> None:
+    assert manifest["backend"] == "tflite" and manifest["backend_file"] == "model.tflite"
+    assert manifest["precision"] == precision
+    assert {"model.onnx", "model.tflite"} <= set(manifest["files"])
+    assert [o["name"] for o in manifest["outputs"]] == list(get_spec(name).outputs)
+    assert manifest["inputs"][0]["dtype"] == "float32"  # float I/O at every precision
+    ops = manifest["backend_info"]["ops"]
+    assert ops and not [op for op in ops if op.startswith("CUSTOM")], ops
+
+
+@pytest.mark.parametrize("name", _model_params())
+def test_fp32_export_and_parity(name, tmp_path_factory):
+    outcome = exported(name, "fp32", tmp_path_factory)
+    assert outcome.report.passed, outcome.report.summary()
+    _manifest_checks(outcome.manifest, name, "fp32")
+
+
+# bisenet_xception39 int8: ai-edge-quantizer 0.10's graph does not run in LiteRT ("Tensor data is
+# null" on invoke); the exporter refuses it with a UsageError, asserted below.
+QUANT_CASES = [pytest.param(n, p, marks=pytest.mark.xdist_group(n)) for n in QUANT_MODELS for p in ("fp16", "int8")
+               if (n, p) != ("bisenet_xception39", "int8")]
+
+
+def test_unrunnable_int8_is_refused(tmp_path):
+    with pytest.raises(UsageError, match="does not run in the LiteRT"):
+        export("bisenet_xception39", "tflite", precision="int8", input_size=(64, 64), out=tmp_path)
+    assert [p for p in tmp_path.iterdir()] == []
+
+
+@pytest.mark.parametrize("name,precision", QUANT_CASES)
+def test_quantised_export_and_parity(name, precision, tmp_path_factory):
+    try:
+        outcome = exported(name, precision, tmp_path_factory)
+    except ParityError as exc:
+        folder = _EXPORTED[(name, precision, False)][1]
+        manifest = json.loads((folder / "manifest.json").read_text())
+        _manifest_checks(manifest, name, precision)
+        _quantised_floor(manifest, precision)
+        pytest.xfail(f"random-weight model at {precision} (see module doc): {exc}")
+    _manifest_checks(outcome.manifest, name, precision)
+    _quantised_floor(outcome.manifest, precision)
+
+
+def _quantised_floor(manifest: dict, precision: str) -> None:
+    """What holds for a random-weight model: fp16 and int8 far from broken, the right ops inside."""
+    info = manifest["backend_info"]
+    checks = manifest["parity"]["checks"]
+    cosines = [c for c in checks if c["metric"] == "cosine"]
+    assert cosines
+    if precision == "fp16":
+        assert all(c["value"] >= FP16_COSINE_FLOOR for c in cosines), cosines
+        assert "DEQUANTIZE" in info["ops"]  # fp16 weights, dequantised once at load
+    else:
+        assert all(c["value"] >= INT8_COSINE_FLOOR for c in cosines), cosines
+        assert info["ops"].get("QUANTIZE", 0) >= 1 and info["ops"].get("DEQUANTIZE", 0) >= 1
+        assert info["quantization"]["calibration"]["images"] > 0
+
+
+@pytest.mark.parametrize("name", _model_params())
+def test_bare_interpreter_matches_eager(name, tmp_path_factory):
+    """The .tflite runs in the bare LiteRT interpreter (no lightdeploy code) and matches eager.
+
+    Compared output: the first one (logits); for detectors the scores sorted, since detections that
+    tie in score may come out in either order (a permutation, not an error)."""
+    import torch
+
+    from lightdeploy.factory import create_model
+
+    spec = get_spec(name)
+    try:
+        folder = exported(name, "fp32", tmp_path_factory).folder
+    except ParityError:  # judged by the gate test; here only the bare interpreter is the subject
+        folder = _EXPORTED[(name, "fp32", False)][1]
+    manifest = json.loads((folder / "manifest.json").read_text())
+
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=str(folder / "model.tflite"), num_threads=2)
+    runner = interpreter.get_signature_runner("serving_default")
+    x = np.random.default_rng(0).standard_normal(manifest["inputs"][0]["shape"]).astype(np.float32)
+    result = runner(image=x)
+
+    model = create_model(name, input_size=small_size(spec))
+    if spec.export_wrapper:
+        model = spec.export_wrapper(model, {})
+    with torch.no_grad():
+        ref = model(torch.from_numpy(x))
+    ref = dict(zip(spec.outputs, ref if isinstance(ref, (tuple, list)) else (ref,)))
+    name_out = "scores" if spec.task == "detect" else spec.outputs[0]
+    got, want = result[name_out], ref[name_out].numpy()
+    if spec.task == "detect":
+        got, want = np.sort(got, axis=-1), np.sort(want, axis=-1)
+    assert got.shape == want.shape
+    limit = 1e-4 * np.abs(want).max() + 1e-5  # the fp32 row
+    assert np.abs(got - want).max() <= limit
+
+
+@pytest.mark.parametrize("name", ["shufflenetv2_x0.5", "bisenet_xception39"])
+def test_nhwc_export_parity(name, tmp_path_factory):
+    outcome = exported(name, "fp32", tmp_path_factory, nhwc=True)
+    assert outcome.report.passed, outcome.report.summary()
+    m = outcome.manifest
+    h, w = small_size(get_spec(name))
+    assert m["inputs"][0]["shape"] == [1, h, w, 3] and m["inputs"][0]["layout"] == "NHWC"
+    assert m["preprocessing"]["layout"] == "NHWC"
+    for o in m["outputs"]:  # 4-D maps are channel-last; vectors and masks carry no layout
+        assert (o.get("layout") == "NHWC") == (len(o["shape"]) == 4), o
+
+
+# ------------------------------------------------------------------------------ refusals and errors
+def test_flex_and_custom_ops_are_refused():
+    from lightdeploy.exporters.tflite import UnsupportedOpsError, check_builtin_only
+
+    check_builtin_only({"CONV_2D": 3, "ADD": 1, "GATHER_ND": 1})
+    with pytest.raises(UnsupportedOpsError, match="Flex.*FlexRoll"):
+        check_builtin_only({"CONV_2D": 3, "CUSTOM:FlexRoll": 1})
+    with pytest.raises(UnsupportedOpsError, match="custom"):
+        check_builtin_only({"CUSTOM:MyOp": 1})
+
+
+def test_refused_export_writes_nothing(tmp_path, monkeypatch):
+    """A conversion that leaves a Flex op fails the export with a clear error and no artifact."""
+    from lightdeploy.exporters import tflite
+
+    # The conversion is stubbed (its cost is covered elsewhere): the refusal path is what is tested.
+    monkeypatch.setattr(tflite, "convert_float", lambda job: (b"converted", [], [], False))
+    monkeypatch.setattr(tflite, "list_ops", lambda model: {"CONV_2D": 1, "CUSTOM:FlexErf": 1})
+    with pytest.raises(tflite.UnsupportedOpsError, match="FlexErf"):
+        export("shufflenetv2_x0.5", "tflite", input_size=(64, 64), out=tmp_path)
+    assert [p for p in tmp_path.iterdir()] == []
+
+
+def test_list_ops_reads_the_flatbuffer(tmp_path_factory):
+    from lightdeploy.exporters.tflite import list_ops
+
+    outcome = exported("shufflenetv2", "fp32", tmp_path_factory)
+    ops = list_ops((outcome.folder / "model.tflite").read_bytes())
+    assert ops == outcome.manifest["backend_info"]["ops"]
+    assert ops["CONV_2D"] > 0 and ops["FULLY_CONNECTED"] == 1
+
+
+def test_dynamic_shapes_are_refused(tmp_path):
+    with pytest.raises(UsageError, match="fixed input shape"):
+        export("shufflenetv2_x0.5", "tflite", input_size=(64, 64), dynamic_batch=True, out=tmp_path)
+    assert [p for p in tmp_path.iterdir()] == []
+
+
+def test_missing_converter_names_the_extra(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "litert_torch", None)  # import fails as if not installed
+    with pytest.raises(MissingDependencyError, match=r"lightdeploy\[tflite\]"):
+        export("shufflenetv2_x0.5", "tflite", input_size=(64, 64), out=tmp_path)
+
+
+def test_missing_interpreter_names_the_extra(monkeypatch):
+    from lightdeploy.runtimes import tflite
+
+    monkeypatch.setitem(sys.modules, "ai_edge_litert", None)
+    monkeypatch.setitem(sys.modules, "ai_edge_litert.interpreter", None)
+    monkeypatch.setitem(sys.modules, "tflite_runtime", None)
+    monkeypatch.setitem(sys.modules, "tflite_runtime.interpreter", None)
+    with pytest.raises(MissingDependencyError, match=r"lightdeploy\[tflite\]"):
+        tflite.interpreter_class()
+
+
+def test_runtime_maps_names_by_signature_then_position():
+    """Manifest names map to tensor indices by exact name, contained name, then order."""
+    from lightdeploy.errors import ArtifactError
+    from lightdeploy.runtimes.base import TensorSpec
+    from lightdeploy.runtimes.tflite import _resolve
+
+    specs = [TensorSpec("boxes", (1, 100, 4), "float32"), TensorSpec("scores", (1, 100), "float32")]
+    by_name = [{"name": "scores", "index": 7, "shape": [1, 100]}, {"name": "boxes", "index": 3, "shape": [1, 100, 4]}]
+    assert {k: v["index"] for k, v in _resolve(specs, by_name, "output", "m").items()} == {"boxes": 3, "scores": 7}
+    prefixed = [{"name": "serving_default_boxes:0", "index": 1, "shape": [1, 100, 4]},
+                {"name": "serving_default_scores:0", "index": 2, "shape": [1, 100]}]
+    assert _resolve(specs, prefixed, "output", "m")["scores"]["index"] == 2
+    anonymous = [{"name": "Identity", "index": 5, "shape": [1, 100, 4]}, {"name": "Identity_1", "index": 6, "shape": [1, 100]}]
+    assert _resolve(specs, anonymous, "output", "m")["scores"]["index"] == 6
+    with pytest.raises(ArtifactError, match="shape"):
+        _resolve(specs, [{**d, "shape": [1, 50]} for d in by_name], "output", "m")
+
+
+def test_runtime_load_and_predict(tmp_path_factory, cat_image):
+    from lightdeploy import runtimes
+
+    outcome = exported("shufflenetv2", "fp32", tmp_path_factory)
+    model = runtimes.load(outcome.folder, threads=2)
+    assert model.runtime.backend == "tflite"
+    assert len(model.predict(cat_image, k=5)) == 5

@@ -48,7 +48,7 @@ def export_onnx(job: ExportJob, path: Path, *, metadata: dict | None = None) -> 
     from lightdeploy.ops import onnx_translation_table
 
     dims = dynamic_dims(job)
-    with _quiet():
+    with quiet():
         program = torch.onnx.export(
             job.model,
             (job.example_input(),),
@@ -110,7 +110,7 @@ def graph_io(model) -> tuple[list[dict], list[dict]]:
 def _simplify(model):
     """onnxsim, kept in the pipeline although it is mostly a no-op on dynamo graphs (design.md)."""
     onnxsim = require("onnxsim", package="onnxsim", extra="onnx", purpose="ONNX simplification")
-    with _quiet():
+    with quiet():
         simplified, ok = onnxsim.simplify(model)
     if not ok:
         return model, False
@@ -140,11 +140,12 @@ def restore_node_metadata(original, simplified) -> int:
 
 
 @contextlib.contextmanager
-def _quiet():
-    """The exporter prints progress lines and warnings; lightdeploy shows its own progress instead."""
-    logger = logging.getLogger("torch.onnx")
+def quiet(logger_name: str = "torch.onnx"):
+    """Silence a tool's prints, warnings and INFO logs: lightdeploy shows its own progress instead
+    (the ONNX exporter logs e.g. "torchvision is not installed. Skipping torchvision::nms")."""
+    logger = logging.getLogger(logger_name)
     level = logger.level
-    logger.setLevel(logging.ERROR)  # e.g. "torchvision is not installed. Skipping torchvision::nms"
+    logger.setLevel(logging.ERROR)
     try:
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")

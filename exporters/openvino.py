@@ -12,16 +12,12 @@ The ONNX file the IR is built from is kept in the artifact as model.onnx (design
 
 from __future__ import annotations
 
-import contextlib
-import io
-import logging
 import time
-import warnings
 from pathlib import Path
 
 from lightdeploy.errors import UsageError, require
 from lightdeploy.exporters.base import ExportJob, ExportResult
-from lightdeploy.exporters.onnx import export_onnx, graph_io, lightdeploy_metadata
+from lightdeploy.exporters.onnx import export_onnx, graph_io, lightdeploy_metadata, quiet
 
 # Ops NNCF leaves in floating point, as OpenVINO op types: none, by measurement.  shufflenetv2 at
 # 64x64, seeded random weights, logits cosine to eager (worst of the 10 parity inputs; int8 row 0.98):
@@ -172,7 +168,7 @@ def quantize_int8(model, job: ExportJob, *, ignored_types: tuple[str, ...] | Non
     presets = {"mixed": nncf.QuantizationPreset.MIXED, "performance": nncf.QuantizationPreset.PERFORMANCE}
     input_name = job.input_name
     t0 = time.perf_counter()
-    with _quiet_nncf():
+    with quiet("nncf"):
         quantized = nncf.quantize(
             model,
             nncf.Dataset(calib.batches, lambda x: {input_name: x}),
@@ -201,18 +197,6 @@ def _version(package: str) -> str:
         return "?"
 
 
-@contextlib.contextmanager
-def _quiet_nncf():
-    """NNCF logs INFO lines and draws progress bars; lightdeploy shows its own progress instead."""
-    logger = logging.getLogger("nncf")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        logger.setLevel(level)
 
 
 EXPORTER = OpenVinoExporter()

@@ -11,9 +11,7 @@ Prints a median-latency table (ms) and the max abs error of each lowering agains
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
-import time
 import warnings
 from pathlib import Path
 
@@ -21,6 +19,7 @@ import numpy as np
 import torch
 
 import lightdeploy.ops
+from lightdeploy.bench import time_fn
 from lightdeploy.ops import ps_roi_align as psra
 
 SIZES = {
@@ -45,14 +44,7 @@ def make_inputs(channels: int, map_size: int, image: int, rois: int, seed: int =
 
 
 def median_ms(fn, runs: int) -> float:
-    for _ in range(5):
-        fn()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
+    return time_fn(fn, warmup=5, runs=runs)[0]
 
 
 def export(variant: str, features, boxes, path: Path) -> None:

@@ -22,7 +22,7 @@ install: $(STAMP)
 # The main job: export to every CPU backend with the parity gate (exit 1 if any artifact diverges).
 demo: $(STAMP)
 	$(BIN)/lightdeploy export shufflenetv2 --to onnx --to openvino --to tflite --out $(OUT)
-	$(BIN)/lightdeploy export thundernet --to onnx --to openvino --out $(OUT)
+	$(BIN)/lightdeploy export thundernet --to onnx --to openvino --to tflite --out $(OUT)
 	$(BIN)/lightdeploy predict $(OUT)/thundernet-onnx-fp32 tests/data/astronaut.jpg --out $(OUT)/predictions
 
 # The CI gate: every test but the `slow` set (INT8 calibration of the big models, extra sizes).

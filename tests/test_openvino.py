@@ -1,13 +1,9 @@
 """OpenVINO export + parity for every registered model at FP32, FP16 and INT8, and the backend's promises.
 
-INT8 and random weights: the registry's models carry seeded random weights (BN re-estimated on the
-photographs), and such networks amplify small perturbations through depth: adding one int8 step of
-uniform noise to every conv output in *eager* PyTorch already drops the logits' cosine to 0.78-0.90
-(shufflenetv2 / mobilenetv2, 64x64), and NNCF's accuracy-controlled quantisation reverted every
-quantiser of shufflenetv2 without reaching cosine 0.985.  So at the design's int8 row
-(cosine >= 0.98) an honestly quantised random-weight model fails the gate; those tests are expected
-failures (ParityError only: any other error still fails them), and pass as soon as real weights are
-used.  The numbers are in the issue-5 report and ``exporters/openvino.py``.
+Random weights are shifted into the ordered regime before their BN statistics are re-estimated
+(``lightdeploy.factory.RANDOM_BN_SHIFT``); without that, rounding noise grows through depth and an
+honest fp16 or int8 artifact of the same model misses its row (the measurements are there).  INT8 is
+judged at ``quant_size`` (the classifiers' own 224x224).
 """
 
 from __future__ import annotations
@@ -22,14 +18,9 @@ from lightdeploy.errors import MissingDependencyError, ParityError
 from lightdeploy.models.registry import get_spec
 from lightdeploy.pipeline import export
 
-from conftest import registered, small_size
+from conftest import quant_size, registered, small_size
 
 pytest.importorskip("openvino")
-
-INT8_XFAIL = pytest.mark.xfail(
-    raises=ParityError, strict=False,
-    reason="random-weight models are too noise-sensitive for the int8 row (cosine >= 0.98); see module doc",
-)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -54,25 +45,9 @@ def _check(outcome, name, precision):
     assert [o["name"] for o in manifest["outputs"]] == list(get_spec(name).outputs)
 
 
-# Measured failures of FP16 weights on random-weight models (64x64, dfanet 128x128), kept visible as
-# xfail instead of a looser row.  Rounding only the conv/linear weights to fp16 in eager PyTorch moves
-# mobilenetv2_x0.35 to cosine 0.99883, so the cause is the weights, not OpenVINO.
-KNOWN_FP16_FAILURES = {
-    "mobilenetv2_x0.35": "fp16 weights: logits cosine 0.99899 (row: 0.999)",
-    "bisenet_xception39": "fp16 weights: mask pixels 98.1% (row: 99%)",
-    "dfanet_a": "fp16 weights amplified through the 3-backbone cascade: cosine 0.984, mask 94.1%",
-    "dfanet_b": "fp16 weights amplified through the 3-backbone cascade: cosine 0.985, mask 92.1%",
-}
-
-
 def _precision_params():
-    params = []
-    for name in registered():
-        params.append(pytest.param(name, "fp32", id=f"{name}-fp32"))
-        marks = [pytest.mark.xfail(raises=ParityError, strict=False, reason=KNOWN_FP16_FAILURES[name])] \
-            if name in KNOWN_FP16_FAILURES else []
-        params.append(pytest.param(name, "fp16", marks=marks, id=f"{name}-fp16"))
-    return params
+    return [pytest.param(name, precision, id=f"{name}-{precision}")
+            for name in registered() for precision in ("fp32", "fp16")]
 
 
 @pytest.mark.parametrize("name,precision", _precision_params())
@@ -82,16 +57,35 @@ def test_export_and_parity(name, precision, tmp_path):
 
 
 def _int8_params():
-    """Every model; NNCF calibration of the segmenters and detectors takes minutes, so those run in
-    the slow set (`make test-all`) and the classifiers in every run."""
-    return [name if get_spec(name).task == "classify" else pytest.param(name, marks=pytest.mark.slow)
-            for name in registered()]
+    """Every model; NNCF calibration of the segmenters and detectors takes minutes and each classifier
+    at 224x224 about 15 s, so one model per family runs in every run and the rest in the slow set
+    (`make test-all`)."""
+    params = []
+    for name in registered():
+        marks = [] if name in INT8_EVERY_RUN else [pytest.mark.slow]
+        if name in KNOWN_INT8_FAILURES:
+            marks.append(pytest.mark.xfail(raises=ParityError, strict=False, reason=KNOWN_INT8_FAILURES[name]))
+        params.append(pytest.param(name, marks=marks))
+    return params
 
 
-@INT8_XFAIL
+INT8_EVERY_RUN = ("mobilenetv2", "shufflenetv2", "snet146")
+# Measured on the shifted random weights (worst-input cosine; the int8 row is 0.98, box F1 0.85,
+# mask pixels 95%).  Kept visible as expected failures instead of looser rows.
+KNOWN_INT8_FAILURES = {
+    "bisenet_xception39": "logits cosine 0.976 / mask pixels 90.9% at 64x128; 0.952 / 87.1% at 256x512",
+    "bisenet_resnet18": "logits cosine 0.978 / mask pixels 89.9% at 64x128",
+    "thundernet_snet49": "box F1 0.889 passes, but 544 near-tied detections (allowed 5%): random "
+                         "class scores sit within int8 noise of each other",
+    "thundernet_snet146": "as thundernet_snet49 (same head): near-ties beyond the 5% allowance",
+    "thundernet_snet535": "as thundernet_snet49 (same head): near-ties beyond the 5% allowance",
+    "lighthead_rcnn": "not measured this session; same near-tie behaviour expected as ThunderNet",
+}
+
+
 @pytest.mark.parametrize("name", _int8_params())
 def test_export_and_parity_int8(name, tmp_path):
-    outcome = export(name, "openvino", precision="int8", input_size=small_size(get_spec(name)), out=tmp_path)
+    outcome = export(name, "openvino", precision="int8", input_size=quant_size(get_spec(name)), out=tmp_path)
     _check(outcome, name, "int8")
 
 

@@ -2,20 +2,15 @@
 
 - FP32: every registered model (aliases skipped, new models enrolled automatically), gated at the
   design's fp32 row.
-- FP16 / INT8: a documented subset, ``QUANT_MODELS`` (one per family: an inverted-residual net, a
-  shuffle net, a segmenter).  Why not all: a litert-torch conversion costs three AOTAutograd
-  retraces of the model (torch.export, its FX passes, the MLIR lowering), 10-25 s per model on
-  these 2-core machines, and the whole file must stay near 5 minutes.  fp16 and int8 reuse the
-  float flatbuffer of the same model (exporters/tflite.py), so they add little once fp32 ran in the
-  same worker (the tests of one model share an xdist group).
-- Random weights: the registry's models carry seeded random weights, and such networks amplify
-  small perturbations through depth: half an int8 step of uniform noise on the *input* alone drops
-  eager PyTorch's own logits cosine to 0.97-0.99 (mobilenetv2, 64x64).  So the int8 row (cosine >=
-  0.98) fails for an honestly quantised random-weight model, and at fp16 the classifiers' top-1
-  (judged on every input, margins of random logits are tiny) flips on 1-2 of 10 inputs while the
-  cosine passes (0.9998); bisenet_xception39 fp16 sits at cosine 0.9989 (row 0.999).  Those are
-  expected failures (ParityError only), after asserting what must hold anyway: builtin ops only,
-  float I/O, cosine far from broken (floors below).
+- FP16 / INT8: every registered model too; ``QUANT_MODELS`` (one per family) in every run, the rest
+  in the slow set.  A litert-torch conversion costs three AOTAutograd retraces of the model
+  (torch.export, its FX passes, the MLIR lowering), 10-25 s per model on these 2-core machines.
+  fp16 reuses the float flatbuffer of the same model (exporters/tflite.py), so it adds little once
+  fp32 ran in the same worker (the tests of one model share an xdist group); INT8 is judged at
+  ``quant_size`` (the classifiers' own 224x224).
+- Random weights are shifted into the ordered regime before their BN statistics are re-estimated
+  (``lightdeploy.factory.RANDOM_BN_SHIFT``); without that, rounding noise grows through depth and
+  the fp16 / int8 rows fail for honest artifacts (measured there).
 """
 
 from __future__ import annotations
@@ -30,17 +25,12 @@ from lightdeploy.errors import MissingDependencyError, ParityError, UsageError
 from lightdeploy.models.registry import get_spec
 from lightdeploy.pipeline import export
 
-from conftest import registered, small_size
+from conftest import quant_size, registered, small_size
 
 pytest.importorskip("litert_torch")
 pytest.importorskip("ai_edge_litert")
 
 QUANT_MODELS = ("mobilenetv2", "shufflenetv2", "bisenet_xception39")
-# Quantised artifacts must stay far from broken (a wrong scale or a layout mix-up gives cosine ~0).
-# Measured worst-input cosines at the test sizes: fp16 0.9998 (classifiers), 0.9989
-# (bisenet_xception39; the row is 0.999); int8 0.62-0.70.
-FP16_COSINE_FLOOR = 0.995
-INT8_COSINE_FLOOR = 0.4
 
 _EXPORTED: dict[tuple, object] = {}  # one export per (model, precision, nhwc) per worker
 
@@ -51,8 +41,8 @@ def exported(name: str, precision: str, tmp_path_factory, nhwc: bool = False):
     if key not in _EXPORTED:
         out = tmp_path_factory.mktemp(f"tflite-{name}-{precision}")
         try:
-            _EXPORTED[key] = export(name, "tflite", precision=precision, input_size=small_size(get_spec(name)),
-                                    nhwc=nhwc, out=out)
+            size = (quant_size if precision == "int8" else small_size)(get_spec(name))
+            _EXPORTED[key] = export(name, "tflite", precision=precision, input_size=size, nhwc=nhwc, out=out)
         except ParityError as exc:
             _EXPORTED[key] = (exc, out / f"{name}-tflite-{precision}")
     result = _EXPORTED[key]
@@ -87,8 +77,24 @@ def test_fp32_export_and_parity(name, tmp_path_factory):
 
 # bisenet_xception39 int8: ai-edge-quantizer 0.10's graph does not run in LiteRT ("Tensor data is
 # null" on invoke); the exporter refuses it with a UsageError, asserted below.
-QUANT_CASES = [pytest.param(n, p, marks=pytest.mark.xdist_group(n)) for n in QUANT_MODELS for p in ("fp16", "int8")
-               if (n, p) != ("bisenet_xception39", "int8")]
+def _quant_params():
+    params = []
+    for n in registered():
+        for p in ("fp16", "int8"):
+            if (n, p) == ("bisenet_xception39", "int8"):
+                continue  # refused, asserted by test_unrunnable_int8_is_refused
+            marks = [pytest.mark.xdist_group(n)] + ([] if n in QUANT_MODELS else [pytest.mark.slow])
+            if p == "int8" and n in INT8_NOT_EXPECTED:
+                marks.append(pytest.mark.xfail(raises=ParityError, strict=False, reason=INT8_NOT_EXPECTED[n]))
+            params.append(pytest.param(n, p, marks=marks))
+    return params
+
+
+# Not run on TFLite this session; the same models' OpenVINO int8 rows fail on the shifted random
+# weights (test_openvino.KNOWN_INT8_FAILURES), so they are expected failures here too.
+INT8_NOT_EXPECTED = {n: "OpenVINO int8 of this model fails its row (test_openvino); not measured on TFLite"
+                     for n in ("bisenet_resnet18", "thundernet_snet49", "thundernet_snet146", "thundernet_snet535",
+                               "lighthead_rcnn")}
 
 
 def test_unrunnable_int8_is_refused(tmp_path):
@@ -97,31 +103,15 @@ def test_unrunnable_int8_is_refused(tmp_path):
     assert [p for p in tmp_path.iterdir()] == []
 
 
-@pytest.mark.parametrize("name,precision", QUANT_CASES)
+@pytest.mark.parametrize("name,precision", _quant_params())
 def test_quantised_export_and_parity(name, precision, tmp_path_factory):
-    try:
-        outcome = exported(name, precision, tmp_path_factory)
-    except ParityError as exc:
-        folder = _EXPORTED[(name, precision, False)][1]
-        manifest = json.loads((folder / "manifest.json").read_text())
-        _manifest_checks(manifest, name, precision)
-        _quantised_floor(manifest, precision)
-        pytest.xfail(f"random-weight model at {precision} (see module doc): {exc}")
+    outcome = exported(name, precision, tmp_path_factory)
+    assert outcome.report.passed, outcome.report.summary()
     _manifest_checks(outcome.manifest, name, precision)
-    _quantised_floor(outcome.manifest, precision)
-
-
-def _quantised_floor(manifest: dict, precision: str) -> None:
-    """What holds for a random-weight model: fp16 and int8 far from broken, the right ops inside."""
-    info = manifest["backend_info"]
-    checks = manifest["parity"]["checks"]
-    cosines = [c for c in checks if c["metric"] == "cosine"]
-    assert cosines
+    info = outcome.manifest["backend_info"]
     if precision == "fp16":
-        assert all(c["value"] >= FP16_COSINE_FLOOR for c in cosines), cosines
         assert "DEQUANTIZE" in info["ops"]  # fp16 weights, dequantised once at load
     else:
-        assert all(c["value"] >= INT8_COSINE_FLOOR for c in cosines), cosines
         assert info["ops"].get("QUANTIZE", 0) >= 1 and info["ops"].get("DEQUANTIZE", 0) >= 1
         assert info["quantization"]["calibration"]["images"] > 0
 

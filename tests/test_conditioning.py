@@ -1,0 +1,180 @@
+"""Random weights in the ordered regime (``factory.RANDOM_BN_SHIFT``), and the gate's teeth on them.
+
+Two claims are tested here, both by measurement on eager PyTorch:
+1. The shift is what keeps rounding noise from growing through depth: one int8 step of noise on every
+   conv output leaves the logits at cosine >= 0.98 with it, and drops them far below without it.
+2. The fp16 and int8 rows still fail realistic export bugs on these weights (a BGR input, a channel
+   shuffle left out, permuted conv inputs as OpenVINO's Gather fold produced, a dropped shortcut), so
+   passing them means something.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import lightdeploy.factory as factory
+from lightdeploy.models.registry import get_spec
+from lightdeploy.parity.gate import compare
+from lightdeploy.parity.tolerances import tolerance_for
+
+from conftest import registered
+
+
+@pytest.fixture(autouse=True)
+def fresh_cache(monkeypatch):
+    monkeypatch.setattr(factory, "_CALIBRATED", {})
+
+
+def photos(spec, size) -> torch.Tensor:
+    from lightdeploy.samples import photographs, preprocessed
+
+    pre = {"size": list(size), "mean": spec.mean, "std": spec.std, "layout": "NCHW"}
+    return torch.from_numpy(np.concatenate(list(preprocessed(photographs(), pre).values())))
+
+
+@torch.no_grad()
+def logits(model, x, noise: bool = False) -> torch.Tensor:
+    """Logits (first output); with ``noise``, uniform noise of one per-tensor int8 step
+    (max |activation| / 127) is added to every conv and linear output, as int8 rounding does."""
+    def add_step(module, inputs, out):
+        return out + (torch.rand_like(out) - 0.5) * out.abs().amax() / 127
+
+    hooks = [m.register_forward_hook(add_step) for m in model.modules()
+             if noise and isinstance(m, (nn.Conv2d, nn.Linear))]
+    torch.manual_seed(0)
+    try:
+        out = model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return (out[0] if isinstance(out, (tuple, list)) else out).flatten(1).double()
+
+
+def min_cosine(a, b) -> float:
+    return torch.nn.functional.cosine_similarity(a, b).min().item()
+
+
+# ---------------------------------------------------------------------------------- the shift
+def test_every_default_bn_gets_the_shift_and_deliberate_ones_keep_theirs():
+    model = factory.create_model("dfanet_b", input_size=(128, 128))
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    attention = {id(b.conv[1]) for b in model.modules() if type(b).__name__ == "FCAttention"}
+    assert len(attention) == 3
+    for bn in bns:
+        expected = 1.0 if id(bn) in attention else factory.RANDOM_BN_SHIFT
+        assert torch.all(bn.bias == expected)
+    raw = factory.create_model("dfanet_b", input_size=(128, 128), calibrate_bn=False)
+    shifts = [bn.bias.unique().tolist() for bn in raw.modules() if isinstance(bn, nn.BatchNorm2d)]
+    assert shifts.count([1.0]) == 3 and shifts.count([0.0]) == len(shifts) - 3  # untouched without calibration
+
+
+def test_loaded_weights_are_not_shifted(tmp_path):
+    from safetensors.torch import save_file
+
+    state = factory.create_model("snet49", input_size=(64, 64), calibrate_bn=False).state_dict()
+    path = tmp_path / "w.safetensors"
+    save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    loaded = factory.create_model("snet49", input_size=(64, 64), weights=path)
+    for key, value in loaded.state_dict().items():
+        assert torch.equal(value, state[key]), key
+
+
+@pytest.mark.parametrize("name", ["mobilenetv2_x0.35", "shufflenetv2_x0.5", "snet49"])
+def test_the_shift_is_what_keeps_rounding_noise_small(name, monkeypatch):
+    """Measured at 64x64 (factory.py lists more): with the shift >= 0.99, without it 0.67-0.85."""
+    spec = get_spec(name)
+    x = photos(spec, (64, 64))
+    shifted = factory.create_model(name, input_size=(64, 64))
+    assert min_cosine(logits(shifted, x, noise=True), logits(shifted, x)) >= 0.98
+    monkeypatch.setattr(factory, "RANDOM_BN_SHIFT", 0.0)
+    monkeypatch.setattr(factory, "_CALIBRATED", {})
+    chaotic = factory.create_model(name, input_size=(64, 64))
+    assert min_cosine(logits(chaotic, x, noise=True), logits(chaotic, x)) < 0.9
+
+
+# ---------------------------------------------------------------------------- the gate's teeth
+def _first_residual_off(model):
+    blocks = [b for b in model.modules() if getattr(b, "use_res_connect", False)]
+    blocks[len(blocks) // 2].use_res_connect = False
+    return model
+
+
+def _middle_pointwise_conv_inputs_permuted(model):
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) and m.groups == 1]
+    conv = convs[len(convs) // 2]
+    perm = torch.randperm(conv.in_channels, generator=torch.Generator().manual_seed(0))
+    conv.weight.data = conv.weight.data[:, perm]
+    return model
+
+
+class _NoShuffle:
+    """Channel shuffle left out of every unit (the op lost on the way to the artifact)."""
+
+    def __enter__(self):
+        import lightdeploy.models.shufflenetv2 as a
+        import lightdeploy.models.snet as b
+
+        self.saved = [(m, m.channel_shuffle) for m in (a, b)]
+        for m, _ in self.saved:
+            m.channel_shuffle = lambda x, groups: x
+
+    def __exit__(self, *exc):
+        for m, fn in self.saved:
+            m.channel_shuffle = fn
+
+
+MUTATIONS = {
+    "bgr_input": lambda model, x: logits(model, x.flip(1)),
+    "pointwise_inputs_permuted": lambda model, x: logits(_middle_pointwise_conv_inputs_permuted(copy.deepcopy(model)), x),
+    "shortcut_dropped": lambda model, x: logits(_first_residual_off(copy.deepcopy(model)), x),
+}
+
+
+def _shuffle_off(model, x):
+    with _NoShuffle():
+        return logits(model, x)
+
+
+CASES = [("mobilenetv2", m) for m in MUTATIONS] + [
+    (name, mutation) for name in ("shufflenetv2", "snet49")
+    for mutation in ("bgr_input", "pointwise_inputs_permuted", "shuffle_off")
+]
+# Bugs the int8 row does not see on random weights (measured at 224x224, worst-input cosine of the
+# broken logits; top-1 is judged on clear-margin inputs only, and random logits have 0-2 of 6).
+# Random logits share a large input-independent part, so a different photograph is itself at cosine
+# 0.97-0.98; an honest int8 artifact is at 0.998-0.999.  These bugs are caught by the fp32 and fp16
+# rows (the same graph exported at fp32 is gated too), not by the int8 row alone.
+INT8_BLIND = {
+    ("mobilenetv2", "pointwise_inputs_permuted"): "cosine 0.9926, 2 judged inputs",
+    ("shufflenetv2", "pointwise_inputs_permuted"): "cosine 0.9891, 2 judged inputs",
+    ("snet49", "bgr_input"): "cosine 0.9858, no judged input",
+    ("snet49", "pointwise_inputs_permuted"): "cosine 0.9891, no judged input",
+}
+
+
+def _teeth_params():
+    for name, mutation in CASES:
+        for precision in ("fp16", "int8"):
+            why = INT8_BLIND.get((name, mutation)) if precision == "int8" else None
+            marks = [pytest.mark.xfail(strict=True, reason=f"int8 row blind on random weights: {why}")] if why else []
+            yield pytest.param(name, mutation, precision, marks=marks, id=f"{name}-{mutation}-{precision}")
+
+
+@pytest.mark.parametrize("name,mutation,precision", list(_teeth_params()))
+def test_reduced_precision_rows_fail_broken_exports(name, mutation, precision):
+    """At the size int8 is judged at (224x224), each bug fails the row: the cosine, the top-1, or both."""
+    assert name in registered()
+    spec = get_spec(name)
+    model = factory.create_model(name)
+    x = photos(spec, spec.input_size)
+    ref = logits(model, x)
+    broken = _shuffle_off(model, x) if mutation == "shuffle_off" else MUTATIONS[mutation](model, x)
+    manifest = {"task": "classify", "model": name, "backend": "openvino", "precision": precision}
+    report = compare({"logits": [ref.numpy()]}, {"logits": [broken.numpy()]}, manifest,
+                     tolerance_for("openvino", precision), [f"photo{i}" for i in range(len(x))])
+    assert not report.passed, report.summary()

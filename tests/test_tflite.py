@@ -75,13 +75,16 @@ def test_fp32_export_and_parity(name, tmp_path_factory):
     _manifest_checks(outcome.manifest, name, "fp32")
 
 
-# bisenet_xception39 int8: ai-edge-quantizer 0.10's graph does not run in LiteRT ("Tensor data is
-# null" on invoke); the exporter refuses it with a UsageError, asserted below.
+# int8 of these: ai-edge-quantizer 0.10's graph does not run in LiteRT ("Tensor data is null" on
+# invoke, measured at 64x128 / 128x128); the exporter refuses it with a UsageError, asserted below.
+INT8_REFUSED = ("bisenet_xception39", "dfanet_a", "dfanet_b")
+
+
 def _quant_params():
     params = []
     for n in registered():
         for p in ("fp16", "int8"):
-            if (n, p) == ("bisenet_xception39", "int8"):
+            if p == "int8" and n in INT8_REFUSED:
                 continue  # refused, asserted by test_unrunnable_int8_is_refused
             marks = [pytest.mark.xdist_group(n)] + ([] if n in QUANT_MODELS else [pytest.mark.slow])
             if p == "int8" and n in INT8_NOT_EXPECTED:
@@ -97,9 +100,11 @@ INT8_NOT_EXPECTED = {n: "OpenVINO int8 of this model fails its row (test_openvin
                                "lighthead_rcnn")}
 
 
-def test_unrunnable_int8_is_refused(tmp_path):
+@pytest.mark.parametrize("name", [n if n == "bisenet_xception39" else pytest.param(n, marks=pytest.mark.slow)
+                                  for n in INT8_REFUSED])
+def test_unrunnable_int8_is_refused(name, tmp_path):
     with pytest.raises(UsageError, match="does not run in the LiteRT"):
-        export("bisenet_xception39", "tflite", precision="int8", input_size=(64, 64), out=tmp_path)
+        export(name, "tflite", precision="int8", input_size=small_size(get_spec(name)), out=tmp_path)
     assert [p for p in tmp_path.iterdir()] == []
 
 

@@ -3,9 +3,9 @@
 Two claims are tested here, both by measurement on eager PyTorch:
 1. The shift is what keeps rounding noise from growing through depth: one int8 step of noise on every
    conv output leaves the logits at cosine >= 0.98 with it, and drops them far below without it.
-2. The fp16 and int8 rows still fail realistic export bugs on these weights (a BGR input, a channel
-   shuffle left out, permuted conv inputs as OpenVINO's Gather fold produced, a dropped shortcut), so
-   passing them means something.
+2. The fp16 row fails realistic export bugs on these weights (a BGR input, a channel shuffle left
+   out, permuted conv inputs as OpenVINO's Gather fold produced, a dropped shortcut), so passing it
+   means something; the int8 row fails most of them, and the ones it misses are strict xfails below.
 """
 
 from __future__ import annotations
@@ -144,16 +144,16 @@ CASES = [("mobilenetv2", m) for m in MUTATIONS] + [
     (name, mutation) for name in ("shufflenetv2", "snet49")
     for mutation in ("bgr_input", "pointwise_inputs_permuted", "shuffle_off")
 ]
-# Bugs the int8 row does not see on random weights (measured at 224x224, worst-input cosine of the
-# broken logits; top-1 is judged on clear-margin inputs only, and random logits have 0-2 of 6).
-# Random logits share a large input-independent part, so a different photograph is itself at cosine
-# 0.97-0.98; an honest int8 artifact is at 0.998-0.999.  These bugs are caught by the fp32 and fp16
-# rows (the same graph exported at fp32 is gated too), not by the int8 row alone.
+# Bugs the int8 row does not see on random weights (measured at 224x224: the gate's cosine, taken over
+# all inputs together, and in brackets the worst single input's; top-1 is judged on clear-margin
+# inputs only, and random logits have 0-2 of 6).  Random logits share a large input-independent
+# part, so a different photograph is itself at cosine 0.97-0.98; an honest int8 artifact is at
+# 0.998-0.999.  The fp16 row catches every one of these bugs; the int8 row alone does not.
 INT8_BLIND = {
-    ("mobilenetv2", "pointwise_inputs_permuted"): "cosine 0.9926, 2 judged inputs",
-    ("shufflenetv2", "pointwise_inputs_permuted"): "cosine 0.9891, 2 judged inputs",
-    ("snet49", "bgr_input"): "cosine 0.9858, no judged input",
-    ("snet49", "pointwise_inputs_permuted"): "cosine 0.9891, no judged input",
+    ("mobilenetv2", "pointwise_inputs_permuted"): "cosine 0.9950 (worst input 0.9926), 2 judged inputs",
+    ("shufflenetv2", "pointwise_inputs_permuted"): "cosine 0.9873 (worst input 0.9619), 2 judged inputs",
+    ("snet49", "bgr_input"): "cosine 0.9926 (worst input 0.9858), no judged input",
+    ("snet49", "pointwise_inputs_permuted"): "cosine 0.9932 (worst input 0.9891), no judged input",
 }
 
 

@@ -208,6 +208,18 @@ def test_near_tie_in_score_is_reported_not_failed():
     assert info["near_ties"] == 2 and info["pairs"] == 1
 
 
+def test_near_ties_are_not_excused_at_reduced_precision():
+    # Eager keeps a, the artifact b (IoU 0.25: no pair), with scores within 1e-6: a near-tie,
+    # excused at fp32 (counted), but the fp16 / int8 F1 counts every detection: 2 of 4 unpaired.
+    a, b = [10, 10, 60, 60], [40, 10, 90, 60]
+    ref = dets([a, BOXES[1]], [0.8000001, 0.7], [1, 2])
+    out = dets([b, BOXES[1]], [0.8000004, 0.7], [1, 2])
+    checks, info = detect_checks(ref, out, FP16, list(ref))
+    assert [c.metric for c in checks] == ["box_match_f1"] and not checks[0].passed
+    assert info["box_match_f1"] == pytest.approx(0.5) and info["box_match_f1_untied"] == 1.0
+    assert all(c.passed for c in detect_checks(ref, out, FP32, list(ref))[0])
+
+
 def test_near_tie_at_nms_threshold_is_reported():
     # IoU(a, c) = 0.5 exactly (within 1e-4): whether c survives NMS 0.5 is float noise.
     a, c = [0, 0, 30, 10], [10, 0, 40, 10]

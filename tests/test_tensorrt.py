@@ -117,10 +117,11 @@ def _estimate_params():
     return params
 
 
-# Measured (worst-input; rows: int8 box F1 0.85, near-ties <= 5%).  The segmenters' and the other
+# Measured (rows: int8 box match F1 0.85, worst-input cosine 0.98).  The segmenters' and the other
 # detectors' QDQ estimates were not run this session; their OpenVINO int8 rows fail (test_openvino).
 INT8_ESTIMATE_FAILURES = {
-    "thundernet_snet146": "box F1 0.863 passes, but 442 near-tied detections (allowed 5%) at 320x320",
+    "thundernet_snet146": "box match F1 0.677 at 320x320 (row 0.85)",
+    "thundernet_snet49": "box match F1 0.836 at 64x64 (row 0.85)",
 }
 
 

@@ -8,8 +8,10 @@ The detectors end in fixed-size outputs (``boxes [B, K, 4]``, ``scores [B, K]``,
 - fp32 (``tol.box_min`` = 0.99): ``box_min_iou`` = the smallest IoU over every judged detection of
   either side, an unpaired one counting 0: every eager detection has a same-label artifact match
   with IoU >= 0.99, and the artifact has no extra detection;
-- fp16 / int8 (``tol.box_min`` = 0.97 / 0.85): ``box_match_f1`` = 2 * pairs / (judged eager + judged
-  artifact detections).
+- fp16 / int8 (``tol.box_min`` = 0.97 / 0.85): ``box_match_f1`` = 2 * pairs / (eager + artifact
+  detections), over every detection: near-ties are counted but not excused (an unpaired one counts
+  against the F1), so no tie allowance is needed.  The F1 over the non-tied detections is reported
+  as ``box_match_f1_untied``.
 - reported, not judged: match rate, mean/min IoU of the pairs, max score difference, label agreement
   of boxes paired by IoU alone, detection counts.
 
@@ -29,9 +31,12 @@ near-tie when
 - its side is full (K detections) and it is among the last t unpaired slots, where t is the
   number of near-tie detections the other side gained: each of those pushed one box off at K.
 
-A detection paired at or above the judged IoU is always judged, near-tie or not.  Detections that
-are near-ties are excluded from judgement (both members of a badly paired pair) and counted; a
-second check bounds them to max(``MIN_TIE_ALLOWANCE``, ``MAX_TIE_FRACTION`` of all detections).
+A detection paired at or above the judged IoU is always judged, near-tie or not.  At fp32, detections
+that are near-ties are excluded from judgement (both members of a badly paired pair) and counted; a
+second check bounds them to max(``MIN_TIE_ALLOWANCE``, ``MAX_TIE_FRACTION`` of all detections).  At
+fp16 / int8 the F1 counts every detection instead: the score noise of reduced precision makes the
+tie band wide (up to ``TIE_SCORE_ABS_CAP``), and on random-weight detectors 20-27% of all
+detections then fall inside it (measured at int8, ThunderNet 320x320), though most still pair.
 Limitation: from the final outputs alone, a box moved by a bug while keeping its score within the tie band of its partner
 looks exactly like an NMS flip; one such box is excused (and counted), many are not, and the
 raw-head tensors (``--raw-heads``: rcnn_deltas) judge box regressions directly.
@@ -204,6 +209,8 @@ def detect_checks(ref: dict, out: dict, tol: Tolerance, output_names: list[str])
             label_agree += int((r[2][hit] == o[2][best[hit]]).sum())
     judged = judged_ref + judged_out
     f1 = 2 * paired / judged if judged else 1.0
+    every = sum(len(r[0]) for r in ref_images) + sum(len(o[0]) for o in out_images)
+    f1_all = 2 * sum(len(p) for p in all_pairs) / every if every else 1.0
     info = {
         "images": len(ref_images),
         "detections_eager": int(sum(len(r[0]) for r in ref_images)),
@@ -212,7 +219,8 @@ def detect_checks(ref: dict, out: dict, tol: Tolerance, output_names: list[str])
         "judged_artifact": judged_out,
         "pairs": paired,
         "match_rate": paired / judged_ref if judged_ref else 1.0,
-        "box_match_f1": f1,
+        "box_match_f1": f1_all,
+        "box_match_f1_untied": f1,
         "min_pair_iou": min(pair_ious) if pair_ious else None,
         "mean_pair_iou": float(np.mean(pair_ious)) if pair_ious else None,
         "max_score_diff": float(max(score_diffs)) if score_diffs else 0.0,
@@ -221,11 +229,11 @@ def detect_checks(ref: dict, out: dict, tol: Tolerance, output_names: list[str])
         "tie_score_tolerance": score_tol,
         "unmatched": failures[:10],
     }
-    if tol.precision == "fp32":
-        check = Check("task", "box_min_iou", worst, tol.box_min, ">=")
-    else:
-        check = Check("task", "box_match_f1", f1, tol.box_min, ">=")
     total = info["detections_eager"] + info["detections_artifact"]
+    if tol.precision != "fp32":
+        info["near_tie_fraction"] = ties / total if total else 0.0
+        return [Check("task", "box_match_f1", f1_all, tol.box_min, ">=")], info
+    check = Check("task", "box_min_iou", worst, tol.box_min, ">=")
     fraction = ties / total if total else 0.0
     info["near_tie_fraction"] = fraction
     # Ties are rare coincidences; many of them mean a real divergence that merely looks like ties

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Callable, Protocol
 
 import torch
 
@@ -70,6 +70,11 @@ class ExportResult:
     inputs: list[dict]
     outputs: list[dict]
     info: dict = field(default_factory=dict)
+    # For an fp16 / int8 artifact: writes the same graph before the precision was reduced (same
+    # converter, same rewrites) as ``backend_file`` into the folder it is given.  The pipeline gates
+    # that float graph at the fp32 row as well, because on random weights the int8 row alone cannot
+    # tell some graph bugs from rounding (tests/test_conditioning.py); it is never part of the artifact.
+    float_twin: Callable[[Path], None] | None = None
 
 
 class Exporter(Protocol):

@@ -122,11 +122,12 @@ class TensorRTExporter:
         precision = manifest["precision"]
         report = estimate(folder, precision, model=model, images=images, manifest=manifest, plan=plan)
         estimates = {precision: compact(report)}
-        if precision != "fp32":  # the ONNX itself, before any reduced precision
+        if precision != "fp32":  # the ONNX itself, before any reduced precision, gated at the fp32 row
+            from lightdeploy.pipeline import add_float_graph_checks
+
             fp32 = estimate(folder, "fp32", model=model, images=images, manifest=manifest, plan=plan)
             estimates["fp32"] = compact(fp32)
-            report.notes.append(f"fp32 estimate of model.onnx: {'passed' if fp32.passed else 'FAILED'} "
-                                f"(cosine {min((s['cosine'] for s in fp32.outputs.values()), default=1.0):.6f})")
+            add_float_graph_checks(report, fp32)
         update_plan(folder, parity_estimate=estimates)
         return report
 

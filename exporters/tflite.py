@@ -331,6 +331,7 @@ class TFLiteExporter:
                                     "seconds": round(time.perf_counter() - t0, 2), "reused": cached,
                                     "decompositions": decomposed}}
         check_builtin_only(list_ops(model), job.spec.name)
+        float_model = model
         if precision == "fp16":
             model, info["quantization"] = _quantize_fp16(model)
         elif precision == "int8":
@@ -341,7 +342,8 @@ class TFLiteExporter:
         (workdir / "model.tflite").write_bytes(model)
         info.update({"ops": dict(sorted(ops.items())), "op_count": sum(ops.values()),
                      "signature": SIGNATURE, "size_bytes": len(model)})
-        return ExportResult(self.backend, "model.tflite", inputs, outputs, info)
+        twin = None if precision == "fp32" else lambda folder: (folder / "model.tflite").write_bytes(float_model)
+        return ExportResult(self.backend, "model.tflite", inputs, outputs, info, float_twin=twin)
 
 
 EXPORTER = TFLiteExporter()

@@ -114,11 +114,35 @@ def test_quantised_export_and_parity(name, precision, tmp_path_factory):
     assert outcome.report.passed, outcome.report.summary()
     _manifest_checks(outcome.manifest, name, precision)
     info = outcome.manifest["backend_info"]
+    float_rows = [c for c in outcome.report.checks if c.subject.startswith("float graph: ")]
+    assert float_rows and all(c.passed for c in float_rows)  # the graph before quantisation, fp32 row
     if precision == "fp16":
         assert "DEQUANTIZE" in info["ops"]  # fp16 weights, dequantised once at load
     else:
         assert info["ops"].get("QUANTIZE", 0) >= 1 and info["ops"].get("DEQUANTIZE", 0) >= 1
         assert info["quantization"]["calibration"]["images"] > 0
+
+
+def test_float_graph_is_gated_and_catches_what_int8_may_miss(tmp_path, monkeypatch):
+    """A graph bug in the converted model (one pointwise conv's inputs permuted, as OpenVINO's Gather
+    fold once did): on random weights the int8 row may not see it (test_conditioning.INT8_BLIND), the
+    float graph's fp32 rows must."""
+    import copy
+    import dataclasses
+
+    from lightdeploy.exporters import tflite
+    from test_conditioning import _middle_pointwise_conv_inputs_permuted
+
+    original = tflite.convert_float
+    monkeypatch.setattr(tflite, "convert_float", lambda job: original(dataclasses.replace(
+        job, model=_middle_pointwise_conv_inputs_permuted(copy.deepcopy(job.model)))))
+    with pytest.raises(ParityError):
+        export("mobilenetv2", "tflite", precision="int8", input_size=(224, 224), out=tmp_path)
+    (folder,) = tmp_path.iterdir()
+    checks = json.loads((folder / "manifest.json").read_text())["parity"]["checks"]
+    float_rows = [c for c in checks if c["subject"].startswith("float graph: ")]
+    assert float_rows and not all(c["passed"] for c in float_rows), float_rows
+    assert sorted(p.name for p in folder.iterdir()) == ["manifest.json", "model.onnx", "model.tflite"]
 
 
 @pytest.mark.parametrize("name", _model_params())

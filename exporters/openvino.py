@@ -69,6 +69,7 @@ class OpenVinoExporter:
                                                       "topk_made_stable": stable_topk(model)}}
         if guarded:
             info["onnx"]["rewrites"] = {"gather_axis_made_negative": guarded, "why": _GUARD_WHY}
+        float_model = model.clone() if precision != "fp32" else None  # NNCF may rewrite in place
         if precision == "int8":
             model, info["int8"] = quantize_int8(model, job)
         # FP16 weights only when asked: OpenVINO's save_model compresses to FP16 by default.
@@ -78,7 +79,9 @@ class OpenVinoExporter:
             "ops": len(model.get_ordered_ops()),
             "convert_seconds": round(time.perf_counter() - t0, 2),
         })
-        return ExportResult(self.backend, "model.xml", inputs, outputs, info)
+        twin = None if float_model is None else \
+            (lambda folder: ov.save_model(float_model, str(folder / "model.xml"), compress_to_fp16=False))
+        return ExportResult(self.backend, "model.xml", inputs, outputs, info, float_twin=twin)
 
 
 _GUARD_WHY = ("OpenVINO's ReverseInputChannelsFusion folds a channel-permuting Gather into the next "

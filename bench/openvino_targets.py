@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 DEFAULT_MODELS = ("mobilenetv2", "shufflenetv2", "snet146", "thundernet", "bisenet", "dfanet")
@@ -35,12 +34,9 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     from rich.console import Console
-    from rich.table import Table
 
     import lightdeploy
-    from lightdeploy.bench import bench, render_table
-    from lightdeploy.errors import LightdeployError, ParityError
-    from lightdeploy.pipeline import export
+    from lightdeploy.bench import bench, export_for_bench, parity_table, render_table
 
     console = Console(width=160)  # tables stay readable when the output is a file
     known = set(lightdeploy.list_models())
@@ -51,35 +47,10 @@ def main(argv=None) -> int:
     tmp = None if args.out else tempfile.TemporaryDirectory(prefix="bench-openvino-")
     out = Path(args.out or tmp.name)
 
-    parity = Table(title="parity against eager (the gate's inputs)")
-    for col in ("artifact", "passed", "output", "max abs", "cosine", "task", "export s"):
-        parity.add_column(col)
-    subjects: list[str] = []
-    for model in models:
-        for target, precision in TARGETS:
-            t0 = time.perf_counter()
-            size = tuple(args.size) if args.size else None
-            try:
-                outcome = export(model, target, precision=precision, input_size=size, out=out)
-                folder, report, ok = outcome.folder, outcome.report, "yes"
-            except ParityError as exc:  # the artifact is kept: time it anyway, say it failed
-                from lightdeploy.pipeline import artifact_name
-                from lightdeploy.runtimes.manifest import read_manifest
-
-                folder = out / artifact_name(model, target, precision)
-                report, ok = read_manifest(folder)["parity"], "NO"
-                console.print(f"[red]{exc}[/]")
-            except LightdeployError as exc:
-                console.print(f"[red]{model} -> {target}/{precision}: {exc}[/]")
-                continue
-            seconds = time.perf_counter() - t0
-            report = report if isinstance(report, dict) else report.as_dict()
-            task = ", ".join(f"{k}={v:.3g}" for k, v in report["task"].items() if isinstance(v, float))
-            for i, (name, s) in enumerate(report["outputs"].items()):
-                parity.add_row(folder.name if i == 0 else "", ok if i == 0 else "", name, f"{s['max_abs']:.3g}",
-                               f"{s['cosine']:.6f}", task if i == 0 else "", f"{seconds:.1f}" if i == 0 else "")
-            subjects.append(str(folder))
-    console.print(parity)
+    exports = export_for_bench(models, list(TARGETS), out, size=tuple(args.size) if args.size else None,
+                               log=console.print)
+    console.print(parity_table(exports))
+    subjects = [str(e.folder) for e in exports]
 
     rows = bench(subjects, runs=args.runs, warmup=args.warmup, threads=args.threads,
                  progress=lambda m: console.print(f"[dim]{m}[/]"))

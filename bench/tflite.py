@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 DEFAULT_MODELS = ("mobilenetv2", "shufflenetv2", "snet146", "thundernet", "bisenet", "dfanet")
@@ -38,12 +37,9 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     from rich.console import Console
-    from rich.table import Table
 
     import lightdeploy
-    from lightdeploy.bench import bench, render_table, write_json
-    from lightdeploy.errors import LightdeployError, ParityError
-    from lightdeploy.pipeline import artifact_name, export
+    from lightdeploy.bench import bench, export_for_bench, parity_table, render_table, write_json
     from lightdeploy.runtimes.manifest import read_manifest
 
     console = Console()
@@ -55,37 +51,16 @@ def main(argv=None) -> int:
     tmp = None if args.out else tempfile.TemporaryDirectory(prefix="bench-tflite-")
     out = Path(args.out or tmp.name)
 
-    parity = Table(title="parity against eager (the gate's inputs)")
-    for col in ("artifact", "passed", "output", "max abs", "cosine", "task", "export s", "ops"):
-        parity.add_column(col)
-    subjects: list[str] = []
+    def op_list(e) -> str:
+        ops = read_manifest(e.folder)["backend_info"].get("ops", {}) if e.target == "tflite" else {}
+        return ", ".join(f"{k} {v}" for k, v in sorted(ops.items(), key=lambda kv: -kv[1]))
+
     targets = [t for t in TARGETS if t[0] == "onnx" or t[1] in args.precisions]
-    for model in models:
-        for target, precision in targets:
-            t0 = time.perf_counter()
-            size = tuple(args.size) if args.size else None
-            try:
-                outcome = export(model, target, precision=precision, input_size=size, out=out)
-                folder, report, ok = outcome.folder, outcome.report, "yes"
-            except ParityError as exc:  # the artifact is kept: time it anyway, say it failed
-                folder = out / artifact_name(model, target, precision)
-                report, ok = read_manifest(folder)["parity"], "NO"
-                console.print(f"[red]{exc}[/]")
-            except (LightdeployError, RuntimeError, ValueError) as exc:  # e.g. a model that does not convert
-                console.print(f"[red]{model} -> {target}/{precision}: {type(exc).__name__}: {str(exc)[:300]}[/]")
-                continue
-            seconds = time.perf_counter() - t0
-            report = report if isinstance(report, dict) else report.as_dict()
-            ops = read_manifest(folder)["backend_info"].get("ops", {}) if target == "tflite" else {}
-            op_text = ", ".join(f"{k} {v}" for k, v in sorted(ops.items(), key=lambda kv: -kv[1]))
-            task = ", ".join(f"{k}={v:.3g}" for k, v in report["task"].items() if isinstance(v, float))
-            for i, (name, s) in enumerate(report["outputs"].items()):
-                first = i == 0
-                parity.add_row(folder.name if first else "", ok if first else "", name, f"{s['max_abs']:.3g}",
-                               f"{s['cosine']:.6f}", task if first else "", f"{seconds:.1f}" if first else "",
-                               op_text if first else "")
-            subjects.append(str(folder))
-    console.print(parity)
+    # RuntimeError / ValueError too: a model that does not convert is reported and skipped.
+    exports = export_for_bench(models, targets, out, size=tuple(args.size) if args.size else None,
+                               log=console.print, also_catch=(RuntimeError, ValueError))
+    console.print(parity_table(exports, extra={"ops": op_list}))
+    subjects = [str(e.folder) for e in exports]
 
     rows = bench(subjects, runs=args.runs, warmup=args.warmup, threads=args.threads,
                  progress=lambda m: console.print(f"[dim]{m}[/]"))

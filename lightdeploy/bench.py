@@ -10,6 +10,7 @@ import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -106,6 +107,65 @@ def render_table(rows: list[BenchRow]):
     for r in rows:
         table.add_row(r.subject, r.runtime, "x".join(map(str, r.input_shape)), f"{r.median_ms:.2f}",
                       f"{r.p90_ms:.2f}", f"{r.ratio_to_eager:.2f}" if r.ratio_to_eager is not None else "")
+    return table
+
+
+@dataclass
+class BenchExport:
+    """One artifact exported for a benchmark run, with its parity verdict (timed whether it passed or not)."""
+
+    folder: Path
+    target: str
+    passed: bool
+    report: dict
+    seconds: float
+
+
+def export_for_bench(models: list[str], targets: list[tuple[str, str]], out: Path, *, size=None, log=print,
+                     also_catch: tuple[type[Exception], ...] = ()) -> list[BenchExport]:
+    """Export every model to every (target, precision) with the parity gate on.
+
+    A failed gate is logged and the kept artifact still returned: speed and parity are separate facts.
+    An export that fails otherwise (a ``LightdeployError``, or one of ``also_catch``) is logged and skipped.
+    """
+    from lightdeploy.errors import LightdeployError, ParityError
+    from lightdeploy.pipeline import artifact_name, export
+    from lightdeploy.runtimes.manifest import read_manifest
+
+    done = []
+    for model in models:
+        for target, precision in targets:
+            t0 = time.perf_counter()
+            try:
+                outcome = export(model, target, precision=precision, input_size=size, out=out)
+                folder, report, passed = outcome.folder, outcome.report.as_dict(), True
+            except ParityError as exc:  # the artifact is kept
+                folder = out / artifact_name(model, target, precision)
+                report, passed = read_manifest(folder)["parity"], False
+                log(f"[red]{exc}[/]")
+            except (LightdeployError, *also_catch) as exc:
+                log(f"[red]{model} -> {target}/{precision}: {type(exc).__name__}: {str(exc)[:300]}[/]")
+                continue
+            done.append(BenchExport(folder, target, passed, report, time.perf_counter() - t0))
+    return done
+
+
+def parity_table(exports: list[BenchExport], extra: dict[str, Callable[[BenchExport], str]] | None = None):
+    """One row per output of each export: max abs, cosine, task metrics, export seconds, ``extra`` columns."""
+    from rich.table import Table
+
+    extra = extra or {}
+    table = Table(title="parity against eager (the gate's inputs)")
+    for col in ("artifact", "passed", "output", "max abs", "cosine", "task", "export s", *extra):
+        table.add_column(col)
+    for e in exports:
+        task = ", ".join(f"{k}={v:.3g}" for k, v in e.report["task"].items() if isinstance(v, float))
+        firsts = [e.folder.name, "yes" if e.passed else "NO"]
+        lasts = [task, f"{e.seconds:.1f}", *(fn(e) for fn in extra.values())]
+        for i, (name, s) in enumerate(e.report["outputs"].items()):
+            first = i == 0
+            table.add_row(*(firsts if first else ["", ""]), name, f"{s['max_abs']:.3g}", f"{s['cosine']:.6f}",
+                          *(lasts if first else [""] * len(lasts)))
     return table
 
 

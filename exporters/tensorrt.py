@@ -123,11 +123,9 @@ class TensorRTExporter:
         report = estimate(folder, precision, model=model, images=images, manifest=manifest, plan=plan)
         estimates = {precision: compact(report)}
         if precision != "fp32":  # the ONNX itself, before any reduced precision, gated at the fp32 row
-            from lightdeploy.pipeline import add_float_graph_checks
-
             fp32 = estimate(folder, "fp32", model=model, images=images, manifest=manifest, plan=plan)
             estimates["fp32"] = compact(fp32)
-            add_float_graph_checks(report, fp32)
+            report.add_float_graph(fp32)
         update_plan(folder, parity_estimate=estimates)
         return report
 

@@ -101,7 +101,7 @@ def export(
                 report = run_parity(tmp, model=deployable, images=images)
             if result.float_twin is not None:
                 progress("gating the float graph before reduced precision (fp32 row)")
-                add_float_graph_checks(report, gate_float_twin(result, manifest, deployable, images))
+                report.add_float_graph(gate_float_twin(result, manifest, deployable, images))
             report.artifact = final.name
             manifest = write_manifest(tmp, {**manifest, "parity": report.as_dict()})
         commit(tmp, final)
@@ -111,8 +111,8 @@ def export(
 
 
 def gate_float_twin(result, manifest: dict, model, images):
-    """Write the exporter's float twin (see ``ExportResult.float_twin``) into a scratch folder beside
-    nothing of the artifact, give it an fp32 manifest, and run the gate on it."""
+    """Write the exporter's float twin (see ``ExportResult.float_twin``) into a scratch folder outside
+    the artifact, give it an fp32 manifest, and run the gate on it."""
     import tempfile
 
     from lightdeploy.artifact import write_manifest
@@ -124,18 +124,6 @@ def gate_float_twin(result, manifest: dict, model, images):
         keep = {k: v for k, v in manifest.items() if k not in ("files", "parity")}
         write_manifest(folder, {**keep, "precision": "fp32"})
         return run_parity(folder, model=model, images=images)
-
-
-def add_float_graph_checks(report, twin) -> None:
-    """Append the float twin's checks to ``report`` as "float graph: <subject>" rows."""
-    from lightdeploy.parity.metrics import Check
-
-    for c in twin.checks:
-        report.checks.append(Check(f"float graph: {c.subject}", c.metric, c.value, c.limit, c.op))
-    report.task_info["float_graph"] = {"passed": twin.passed, "tolerance": twin.tolerance, "outputs": twin.outputs,
-                                       "task": twin.task_info}
-    report.notes.append(f"float graph before {report.precision} (same converter), fp32 row: "
-                        f"{'passed' if twin.passed else 'FAILED'}")
 
 
 def _output_names(spec, options: ExportOptions) -> tuple[str, ...]:

@@ -98,7 +98,7 @@ def test_the_shift_is_what_keeps_rounding_noise_small(name, monkeypatch):
 
 
 # ---------------------------------------------------------------------------- the gate's teeth
-def _first_residual_off(model):
+def _middle_shortcut_dropped(model):
     blocks = [b for b in model.modules() if getattr(b, "use_res_connect", False)]
     blocks[len(blocks) // 2].use_res_connect = False
     return model
@@ -131,7 +131,7 @@ class _NoShuffle:
 MUTATIONS = {
     "bgr_input": lambda model, x: logits(model, x.flip(1)),
     "pointwise_inputs_permuted": lambda model, x: logits(_middle_pointwise_conv_inputs_permuted(copy.deepcopy(model)), x),
-    "shortcut_dropped": lambda model, x: logits(_first_residual_off(copy.deepcopy(model)), x),
+    "shortcut_dropped": lambda model, x: logits(_middle_shortcut_dropped(copy.deepcopy(model)), x),
 }
 
 

@@ -30,6 +30,16 @@ class ParityReport:
     def failures(self) -> list[Check]:
         return [c for c in self.checks if not c.passed]
 
+    def add_float_graph(self, twin: "ParityReport") -> None:
+        """Append the checks of this artifact's float graph (gated at the fp32 row) as
+        "float graph: <subject>" rows: an fp16 / int8 artifact passes only if its graph did too."""
+        for c in twin.checks:
+            self.checks.append(Check(f"float graph: {c.subject}", c.metric, c.value, c.limit, c.op))
+        self.task_info["float_graph"] = {"passed": twin.passed, "tolerance": twin.tolerance,
+                                         "outputs": twin.outputs, "task": twin.task_info}
+        self.notes.append(f"float graph before {self.precision} (same converter), fp32 row: "
+                          f"{'passed' if twin.passed else 'FAILED'}")
+
     def as_dict(self) -> dict:
         return {
             "artifact": self.artifact, "model": self.model, "backend": self.backend,

@@ -217,7 +217,25 @@ def _quantize_fp16(model: bytes) -> tuple[bytes, dict]:
 # 0.03 (0.68 -> 0.71): the loss is spread over the depth of these random-weight nets, not one op.
 # (All measured before factory.RANDOM_BN_SHIFT, on BN beta = 0 weights; with it, mobilenetv2 int8 at
 # 224x224 is at cosine 0.9988, snet49 0.9983.)
+# Segmenters: their int8 did not run at all until ``_retarget_signature_outputs`` (see there).  With it,
+# at the tests' sizes (worst-input logits cosine / mask pixels; int8 row 0.98 / 0.95):
+#   dfanet_a 128x128 0.9958 / 0.982, dfanet_b 0.9938 / 0.968: pass;
+#   bisenet_xception39 64x64 0.9817 / 0.920, bisenet_resnet18 0.9822 / 0.911: mask fails, as on
+#   OpenVINO (test_openvino).  Worst on the gate's N(0, 1) inputs (mask 0.77-0.89, photographs
+#   0.89-0.995): they leave the photographs' calibrated ranges.  Keeping one op type float (MEAN,
+#   MUL+LOGISTIC, RESIZE_BILINEAR, CONCATENATION, ADD, DEPTHWISE_CONV_2D) or the FFM / head / ARMs /
+#   one backbone stage float moved the mask by < 0.025; int16 activations (static_wi8_ai16) 0.927 at
+#   40x the latency; the whole Xception39 backbone float 0.962 (ResNet18's 0.926).
 INT8_FLOAT_OPS: tuple[str, ...] = ()
+# Detectors: int8 covers the network (backbone, CEM, RPN, SAM, thin map, R-CNN head); the box
+# arithmetic stays float, as in TFLite's own SSD models (TFLite_Detection_PostProcess is float): the
+# proposal and detection layers (decode, clip, top-k, NMS) and the ops the detector's forward runs
+# itself between them (anchors, PSRoIAlign's sample coordinates).  Matched on the op's output tensor
+# name, which litert-torch builds from the module path under ``named_io_module``'s wrapper ("..._inner").
+# Why: int8 box coordinates over 320 px would step by 1.25 px, and quantised everything, thundernet_snet49
+# was refused at export (LiteRT "div.cc:262 data[i] != zero_point ... DIV failed to invoke": the int8 DIV
+# of NMS's IoU rejects a zero divisor, which empty boxes give).  ThunderNet 320: 224 of 21579 ops int8.
+DETECTOR_FLOAT_SCOPES: tuple[str, ...] = (r"(ProposalLayer|DetectionLayer)_", r"^[^/]+/[^/]+_inner(;\d+)?$")
 
 
 def _quantize_int8(model: bytes, job: ExportJob) -> tuple[bytes, dict]:
@@ -232,6 +250,9 @@ def _quantize_int8(model: bytes, job: ExportJob) -> tuple[bytes, dict]:
     no_quant = algorithm_manager.AlgorithmName.NO_QUANTIZE
     for op in ("INPUT", "OUTPUT", *INT8_FLOAT_OPS):
         manager.add_quantization_config(".*", names(op), algorithm_key=no_quant)
+    float_scopes = DETECTOR_FLOAT_SCOPES if job.spec.task == "detect" else ()
+    for regex in float_scopes:  # the last matching scope wins (RecipeManager.get_quantization_configs)
+        manager.add_quantization_config(regex, names.ALL_SUPPORTED, algorithm_key=no_quant)
     q = quantizer.Quantizer(model)
     q.load_quantization_recipe(manager.get_quantization_recipe())
     t0 = time.perf_counter()
@@ -239,13 +260,51 @@ def _quantize_int8(model: bytes, job: ExportJob) -> tuple[bytes, dict]:
         stats = q.calibrate({SIGNATURE: [{job.input_name: b} for b in calib.batches]},
                             num_threads=os.cpu_count() or 1)
         out = q.quantize(stats, enable_progress_report=False).quantized_model
-    return bytes(out), {
+    out, retargeted = _retarget_signature_outputs(bytes(out))
+    return out, {
         "quantizer": "ai-edge-quantizer",
         "recipe": "static_wi8_ai8 (min/max; int8 per-channel weights, int8 per-tensor activations), "
                   "float input/output",
         "float_op_types": list(INT8_FLOAT_OPS),
+        "float_scopes": list(float_scopes),
+        "signature_outputs_retargeted": retargeted,
         "calibration": {**calib.description, "batches": len(calib), "seconds": round(time.perf_counter() - t0, 2)},
     }
+
+
+def _retarget_signature_outputs(model: bytes) -> tuple[bytes, list[str]]:
+    """Point signature outputs left on a pre-DEQUANTIZE tensor at the graph output that replaced it.
+
+    ai-edge-quantizer 0.10 renames a float output it dequantises (``X`` -> ``X_dequant``) in the
+    subgraph's output list, but re-points the SignatureDef only when the DEQUANTIZE feeds the graph
+    output alone (model_modifier ``_has_transform_before_output``: consumers == [-1]).  A segmenter's
+    ``logits`` also feed its ``mask`` ARG_MAX (kept float, so it reads the same DEQUANTIZE), so the
+    ``logits`` signature entry kept the int8 tensor inside the graph: XNNPACK fuses it away ("Tensor
+    data is null" in the signature runner), and without a delegate it would return raw int8 codes.
+    Patched in place (the uint32 ``tensorIndex`` field of the TensorMap table); returns the names fixed.
+    """
+    import struct
+
+    from ai_edge_litert import schema_py_generated as schema
+
+    buf = bytearray(model)
+    root = schema.Model.GetRootAsModel(buf, 0)
+    fixed = []
+    for s in range(root.SignatureDefsLength()):
+        sig = root.SignatureDefs(s)
+        graph = root.Subgraphs(sig.SubgraphIndex())
+        outputs = {graph.Tensors(int(i)).Name(): int(i) for i in graph.OutputsAsNumpy()}
+        for j in range(sig.OutputsLength()):
+            entry = sig.Outputs(j)
+            if entry.TensorIndex() in outputs.values():
+                continue
+            target = outputs.get(graph.Tensors(entry.TensorIndex()).Name() + b"_dequant")
+            field = entry._tab.Offset(6)  # TensorMap.tensorIndex; absent only when it is 0 (default)
+            if target is None or not field:
+                continue  # nothing to re-point to; signature_io's test run refuses the model if it fails
+            struct.pack_into("<I", buf, entry._tab.Pos + field, target)
+            fixed.append(entry.Name().decode())
+    return bytes(buf), fixed
 
 
 # ------------------------------------------------------------------------------------- I/O entries

@@ -3,7 +3,7 @@
 Random weights are shifted into the ordered regime before their BN statistics are re-estimated
 (``lightdeploy.factory.RANDOM_BN_SHIFT``); without that, rounding noise grows through depth and an
 honest fp16 or int8 artifact of the same model misses its row (the measurements are there).  INT8 is
-judged at ``quant_size`` (the classifiers' own 224x224).
+judged at ``quant_size`` (the model's own input size; the segmenters' small_size).
 """
 
 from __future__ import annotations
@@ -72,17 +72,16 @@ def _int8_params():
 
 
 INT8_EVERY_RUN = ("mobilenetv2", "shufflenetv2", "snet146")
-# Measured on the shifted random weights (worst-input cosine; the int8 row is 0.98, box F1 0.85,
-# mask pixels 95%).  No ignored op type rescues BiSeNet (64x128; cosine / mask): none 0.976 / 90.9%,
-# Multiply, Sigmoid+Multiply, Interpolate, ReduceMean, Concat 0.976 / 90.8-90.9%, Add 0.979 / 90.7%,
-# GroupConvolution 0.978 / 91.0%.  Kept visible as expected failures instead of looser rows.
+# Measured at quant_size (the model's own input size, the segmenters' 64x64; the int8 row's box match
+# F1 is 0.85).  The detectors fail on int8 rounding alone, in eager PyTorch with no export
+# (test_conditioning.test_int8_rounding_alone_fails_a_random_detectors_box_f1: thundernet_snet49 0.677
+# at 320x320): a random RPN ranks 10^4 near-tied anchors, so int8 noise changes which proposals NMS
+# keeps.  BiSeNet passes since the activation ranges are global min / max (exporters/openvino.py).
 KNOWN_INT8_FAILURES = {
-    "bisenet_xception39": "logits cosine 0.976 / mask pixels 90.9% at 64x128; 0.952 / 87.1% at 256x512",
-    "bisenet_resnet18": "logits cosine 0.978 / mask pixels 89.9% at 64x128",
-    "thundernet_snet49": "box match F1 0.647 at 320x320 (row 0.85); 0.889 over the 80% of detections "
-                         "that are not near-ties in score",
-    "thundernet_snet146": "box match F1 0.793 at 64x64 (row 0.85)",
-    "thundernet_snet535": "box match F1 0.829 at 64x64 (row 0.85)",
+    "thundernet_snet49": "box match F1 0.668 at 320x320",
+    "thundernet_snet146": "box match F1 0.694 at 320x320",
+    "thundernet_snet535": "box match F1 0.704 at 320x320",
+    "lighthead_rcnn": "box match F1 0.729 at 512x512 (1.0 at 64x64)",
 }
 
 
@@ -131,6 +130,15 @@ def test_channel_shuffle_gathers_survive_openvino(fp32_artifact):
     info = __import__("json").loads((fp32_artifact / "manifest.json").read_text())["backend_info"]
     assert info["onnx"]["rewrites"]["gather_axis_made_negative"] > 0
     assert run_parity(fp32_artifact).passed
+
+
+def test_channel_shuffles_run_as_openvino_shuffle_channels(fp32_artifact):
+    """Every shuffle Gather of shufflenetv2 (16 units) becomes OpenVINO's ShuffleChannels op (its
+    optimised kernel instead of the reference Gather); parity of the same artifact is tested above."""
+    info = __import__("json").loads((fp32_artifact / "manifest.json").read_text())["backend_info"]
+    xml = (fp32_artifact / "model.xml").read_text()
+    assert info["openvino"]["shuffle_channels"] == 16 == xml.count('type="ShuffleChannels"')
+    assert 'type="Gather"' not in xml
 
 
 def test_permutation_gather_guard_on_a_tiny_graph(tmp_path):

@@ -7,7 +7,7 @@
   (torch.export, its FX passes, the MLIR lowering), 10-25 s per model on these 2-core machines.
   fp16 reuses the float flatbuffer of the same model (exporters/tflite.py), so it adds little once
   fp32 ran in the same worker (the tests of one model share an xdist group); INT8 is judged at
-  ``quant_size`` (the classifiers' own 224x224).
+  ``quant_size`` (the model's own input size; the segmenters' small_size).
 - Random weights are shifted into the ordered regime before their BN statistics are re-estimated
   (``lightdeploy.factory.RANDOM_BN_SHIFT``); without that, rounding noise grows through depth and
   the fp16 / int8 rows fail for honest artifacts (measured there).
@@ -75,17 +75,10 @@ def test_fp32_export_and_parity(name, tmp_path_factory):
     _manifest_checks(outcome.manifest, name, "fp32")
 
 
-# int8 of these (every segmenter): ai-edge-quantizer 0.10's graph does not run in LiteRT ("Tensor
-# data is null" on invoke, at 64x64 / 128x128); the exporter refuses it with a UsageError, asserted below.
-INT8_REFUSED = ("bisenet_xception39", "bisenet_resnet18", "dfanet_a", "dfanet_b")
-
-
 def _quant_params():
     params = []
     for n in registered():
         for p in ("fp16", "int8"):
-            if p == "int8" and n in INT8_REFUSED:
-                continue  # refused, asserted by test_unrunnable_int8_is_refused
             marks = [pytest.mark.xdist_group(n)] + ([] if n in QUANT_MODELS else [pytest.mark.slow])
             if p == "int8" and n in INT8_NOT_EXPECTED:
                 marks.append(pytest.mark.xfail(raises=ParityError, strict=False, reason=INT8_NOT_EXPECTED[n]))
@@ -93,19 +86,40 @@ def _quant_params():
     return params
 
 
-# Not run on TFLite this session; the same models' OpenVINO int8 rows fail on the shifted random
-# weights (test_openvino.KNOWN_INT8_FAILURES), so they are expected failures here too.
-INT8_NOT_EXPECTED = {n: "OpenVINO int8 of this model fails its row (test_openvino); not measured on TFLite"
-                     for n in ("thundernet_snet49", "thundernet_snet146", "thundernet_snet535",
-                               "lighthead_rcnn")}
+# The detectors fail the int8 row on int8 rounding alone, in eager PyTorch with no export
+# (test_conditioning.test_int8_rounding_alone_fails_a_random_detectors_box_f1); on TFLite measured at
+# 64x64 only (thundernet_snet49 box match F1 0.731), not yet at their own sizes (minutes per conversion).
+INT8_NOT_EXPECTED = {n: "random-weight detectors fail the int8 box F1 row on rounding alone (test_conditioning)"
+                     for n in ("thundernet_snet49", "thundernet_snet146", "thundernet_snet535", "lighthead_rcnn")}
+# Measured (exporters/tflite.py, INT8_FLOAT_OPS notes): the mask row fails on the random weights; dfanet_a /
+# dfanet_b pass.  OpenVINO's int8 of the same models passes since its ranges are global min / max.
+INT8_NOT_EXPECTED.update({
+    "bisenet_xception39": "logits cosine 0.9817 / mask pixels 92.0% at 64x64 (row 0.98 / 95%)",
+    "bisenet_resnet18": "logits cosine 0.9822 / mask pixels 91.1% at 64x64 (row 0.98 / 95%)",
+})
 
 
-@pytest.mark.parametrize("name", [n if n == "bisenet_xception39" else pytest.param(n, marks=pytest.mark.slow)
-                                  for n in INT8_REFUSED])
-def test_unrunnable_int8_is_refused(name, tmp_path):
-    with pytest.raises(UsageError, match="does not run in the LiteRT"):
-        export(name, "tflite", precision="int8", input_size=small_size(get_spec(name)), out=tmp_path)
-    assert [p for p in tmp_path.iterdir()] == []
+@pytest.mark.xdist_group("bisenet_xception39")  # shares that worker's int8 export
+def test_int8_signature_follows_the_dequantized_output(tmp_path_factory):
+    """A segmenter's ``logits`` feed both the graph output and the mask ARG_MAX; ai-edge-quantizer
+    dequantises them for both but leaves the signature on the int8 tensor, which the signature runner
+    then cannot read ("Tensor data is null").  The exporter re-points it: the bare runner returns float
+    logits whose argmax is the mask."""
+    name = "bisenet_xception39"
+    try:
+        folder = exported(name, "int8", tmp_path_factory).folder
+    except ParityError:  # judged by the parity test (INT8_NOT_EXPECTED); here the signature is the subject
+        folder = _EXPORTED[(name, "int8", False)][1]
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["backend_info"]["quantization"]["signature_outputs_retargeted"] == ["logits"]
+
+    from ai_edge_litert.interpreter import Interpreter
+
+    runner = Interpreter(model_path=str(folder / "model.tflite"), num_threads=2).get_signature_runner("serving_default")
+    x = np.random.default_rng(0).standard_normal(manifest["inputs"][0]["shape"]).astype(np.float32)
+    result = runner(image=x)
+    assert result["logits"].dtype == np.float32 and np.ptp(result["logits"]) > 0
+    assert (result["mask"] == result["logits"].argmax(axis=1)).all()
 
 
 @pytest.mark.parametrize("name,precision", _quant_params())

@@ -66,6 +66,11 @@ def export(
         )
     if batch < 1:
         raise UsageError(f"--batch must be at least 1; got {batch}.")
+    if dynamic_batch and spec.task == "detect":
+        # The detectors loop over the batch in Python (per-image NMS), so the traced graph has the
+        # batch it was exported with; the symbolic-dims check would only say "fixed" without why.
+        raise UsageError(f"{model_name} exports with a static batch (its per-image NMS is unrolled over "
+                         "the batch); use --batch N instead of --dynamic-batch.")
     size = spec.check_input_size(input_size or spec.input_size)
     out = Path(out)
     final = out / artifact_name(model_name, target, precision)

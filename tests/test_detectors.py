@@ -94,6 +94,16 @@ def test_raw_heads_shapes():
     assert proposals.shape == (1, 200, 4) and logits.shape == (1, 200, 81) and deltas.shape == (1, 200, 320)
 
 
+def test_dynamic_batch_is_refused_with_the_reason(tmp_path):
+    """Before any tracing: the per-image NMS loop fixes the batch, and the error says what to use."""
+    from lightdeploy.errors import UsageError
+    from lightdeploy.pipeline import export
+
+    with pytest.raises(UsageError, match=r"static batch .*--batch N"):
+        export("thundernet_snet49", "onnx", input_size=(64, 64), dynamic_batch=True, out=tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_export_wrapper_and_raw_output_names():
     from lightdeploy.exporters.base import ExportOptions
     from lightdeploy.models.registry import get_spec

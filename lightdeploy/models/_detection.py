@@ -16,7 +16,7 @@ Padding: unused detection slots hold box 0, score 0 and label -1; ``num_detectio
 valid slots, which always come first (detections are in decreasing score order).
 
 The batch is looped over in Python (``nms_fixed`` takes one image): detector graphs have a static
-batch; ``--dynamic-batch`` is refused by the exporter's symbolic-dims check.
+batch; ``--dynamic-batch`` is refused up front, with that reason (pipeline.export).
 """
 
 from __future__ import annotations

@@ -175,9 +175,9 @@ def shuffle_gathers_to_op(model) -> int:
         if int(axis.get_data().ravel()[0]) not in (1, -3):
             continue
         perm = indices.get_data().ravel()
-        groups = next((g for g in range(2, len(perm)) if len(perm) % g == 0
-                       and np.array_equal(perm, shuffle_permutation(len(perm), g))), None)
-        if groups is None:
+        # A shuffle of g groups sends input channel C/g to output 1: the only candidate to verify.
+        groups = len(perm) // int(perm[1]) if len(perm) > 2 and perm[1] > 1 else 0
+        if groups < 2 or not np.array_equal(perm, shuffle_permutation(len(perm), groups)):
             continue
         shuffle = ops.shuffle_channels(op.input_value(0), 1, groups)
         shuffle.set_friendly_name(op.get_friendly_name())

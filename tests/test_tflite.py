@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from lightdeploy.errors import MissingDependencyError, ParityError, UsageError
 from lightdeploy.models.registry import get_spec
-from lightdeploy.pipeline import export
+from lightdeploy.pipeline import artifact_name, export
 
 from conftest import quant_size, registered, small_size
 
@@ -44,11 +45,19 @@ def exported(name: str, precision: str, tmp_path_factory, nhwc: bool = False):
             size = (quant_size if precision == "int8" else small_size)(get_spec(name))
             _EXPORTED[key] = export(name, "tflite", precision=precision, input_size=size, nhwc=nhwc, out=out)
         except ParityError as exc:
-            _EXPORTED[key] = (exc, out / f"{name}-tflite-{precision}")
+            _EXPORTED[key] = (exc, out / artifact_name(name, "tflite", precision))
     result = _EXPORTED[key]
     if isinstance(result, tuple):
         raise result[0]
     return result
+
+
+def exported_folder(name: str, precision: str, tmp_path_factory) -> Path:
+    """The artifact folder of ``exported``, whether its gate passed or failed (a failed one is kept)."""
+    try:
+        return exported(name, precision, tmp_path_factory).folder
+    except ParityError:
+        return _EXPORTED[(name, precision, False)][1]
 
 
 def _model_params():
@@ -107,11 +116,8 @@ def test_int8_signature_follows_the_dequantized_output(tmp_path_factory):
     dequantises them for both but leaves the signature on the int8 tensor, which the signature runner
     then cannot read ("Tensor data is null").  The exporter re-points it: the bare runner returns float
     logits whose argmax is the mask."""
-    name = "bisenet_xception39"
-    try:
-        folder = exported(name, "int8", tmp_path_factory).folder
-    except ParityError:  # judged by the parity test (INT8_NOT_EXPECTED); here the signature is the subject
-        folder = _EXPORTED[(name, "int8", False)][1]
+    # Its parity is judged by the parity test (INT8_NOT_EXPECTED); here the signature is the subject.
+    folder = exported_folder("bisenet_xception39", "int8", tmp_path_factory)
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["backend_info"]["quantization"]["signature_outputs_retargeted"] == ["logits"]
 

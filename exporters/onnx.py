@@ -107,6 +107,19 @@ def graph_io(model) -> tuple[list[dict], list[dict]]:
     return [entry(v, "NCHW") for v in model.graph.input], [entry(v) for v in model.graph.output]
 
 
+def graph_constants(graph) -> dict:
+    """{name: numpy value} of ``graph``'s initializers and Constant-node ``value`` outputs."""
+    from onnx import numpy_helper
+
+    consts = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "Constant":
+            for a in node.attribute:
+                if a.name == "value":
+                    consts[node.output[0]] = numpy_helper.to_array(a.t)
+    return consts
+
+
 def _simplify(model):
     """onnxsim, kept in the pipeline although it is mostly a no-op on dynamo graphs (design.md)."""
     onnxsim = require("onnxsim", package="onnxsim", extra="onnx", purpose="ONNX simplification")

@@ -120,14 +120,10 @@ def guard_permutation_gathers(model) -> int:
     """
     import numpy as np
     import onnx
-    from onnx import numpy_helper
 
-    consts = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
-    for node in model.graph.node:
-        if node.op_type == "Constant":
-            for a in node.attribute:
-                if a.name == "value":
-                    consts[node.output[0]] = numpy_helper.to_array(a.t)
+    from lightdeploy.exporters.onnx import graph_constants
+
+    consts = graph_constants(model.graph)
     ranks = {}
     inferred = onnx.shape_inference.infer_shapes(model)
     for v in (*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output):

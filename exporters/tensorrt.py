@@ -1,6 +1,7 @@
 """TensorRT export: a verified build plan on any machine, the engine right away where a GPU is present.
 
-Steps: the pipeline's ``export_onnx`` (node name scopes kept) -> the TensorRT 10 operator check (exit 2
+Steps: the pipeline's ``export_onnx`` (node name scopes kept) -> exact rewrites where TensorRT would
+reject the graph or compute something else (``trt_prepare``) -> the TensorRT 10 operator check (exit 2
 with the report when a node is unsupported) -> FP16: activation ranges and FP32 pins -> INT8: the QDQ
 model -> ``trt_plan.json``.  With ``tensorrt`` and a CUDA device the engine is built now
 (``backend_file = model.engine``) and the pipeline's parity gate runs on it; elsewhere the artifact's
@@ -37,6 +38,7 @@ class TensorRTExporter:
         onnx = require("onnx", package="onnx", extra="onnx", purpose="TensorRT export (via ONNX)")
         from lightdeploy.exporters.onnx import export_onnx, graph_io, lightdeploy_metadata
         from lightdeploy.exporters.tensorrt_build import build_engine, trt_environment
+        from lightdeploy.exporters.trt_prepare import prepare
         from lightdeploy.trtcheck import check_onnx
 
         options = job.options
@@ -45,7 +47,10 @@ class TensorRTExporter:
         path = workdir / ONNX_FILE
         onnx_info = export_onnx(job, path, metadata=lightdeploy_metadata(job))
         model = onnx.load(str(path))
-        check = check_onnx(model, subject=job.spec.name)
+        rewrites = prepare(model)
+        if rewrites:  # the plan's ONNX (and the QDQ and FP16 models made from it) is the rewritten graph
+            onnx.save(model, str(path))
+        check = check_onnx(model, subject=job.spec.name, rewrites=rewrites)
         if not check.supported:
             raise UsageError(f"{job.spec.name} cannot be built by TensorRT as exported:\n{check.text()}")
         inputs, outputs = graph_io(model)
@@ -80,7 +85,7 @@ class TensorRTExporter:
             "onnx": plan_onnx, "builder": builder_settings(precision, pinned),
             "profiles": profiles(inputs, options), "inputs": inputs, "outputs": outputs,
             "fp32_layers": (fp16 or {}).get("layers", []), "fp16_analysis": fp16, "int8": int8,
-            "check": {"summary": check.summary(), "supported": check.supported,
+            "check": {"summary": check.summary(), "supported": check.supported, "rewrites": rewrites,
                       "warnings": [f"{f.node} ({f.op_type}): {f.message}" for f in check.warnings()],
                       "source": check.source, "op_counts": check.op_counts},
             "requirements": REQUIREMENTS, "parity_estimate": None,

@@ -13,6 +13,8 @@ rejects it, ``("warning", text)`` where it parses but with a limit worth knowing
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 SOURCE = {
     "document": "onnx/onnx-tensorrt docs/operators.md",
     "tensorrt_version": "10.15",
@@ -99,7 +101,10 @@ REWRITES: dict[str, str] = {
     "Mod": "use x - floor(x / y) * y",
     "Resize": "use F.interpolate(mode='bilinear' or 'nearest'), not bicubic or antialias=True",
     "RoiAlign": "use coordinate_transformation_mode half_pixel (aligned=True) or output_half_pixel",
-    "TopK": "keep K below 3840 (e.g. a pre-selection top-k per level) and sorted=True",
+    "TopK": "keep K below 3840 (e.g. a pre-selection top-k per level) and sorted=True; lightdeploy's "
+            "TensorRT export splits a constant K into a chain of TopKs (exporters/trt_prepare.py)",
+    "NonMaxSuppression": "give it score_threshold = the lowest float32 and at most 5000 boxes; lightdeploy's "
+                         "TensorRT export does both exactly (exporters/trt_prepare.py)",
     "MaxPool": "do not return indices (return_indices=False); use dilation 1",
     "AveragePool": "use 2D pooling with dilation 1",
     "ScatterND": "use index_put without accumulate (reduction none)",
@@ -130,9 +135,17 @@ def _attrs(node) -> dict:
     return out
 
 
-def check_node(node, consts: dict, used: set[str], opset: int) -> list[tuple[str, str]]:
-    """Problems of one node. ``consts``: name -> numpy value of initializers and Constant outputs;
-    ``used``: tensor names consumed by some node or graph output."""
+@dataclass
+class GraphFacts:
+    """What the rules may look up about a node's graph."""
+
+    consts: dict = field(default_factory=dict)  # name -> numpy value of initializers and Constant outputs
+    used: set = field(default_factory=set)  # tensor names consumed by some node or graph output
+    shapes: dict = field(default_factory=dict)  # name -> dims from shape inference (None = unknown)
+
+
+def check_node(node, facts: GraphFacts, opset: int) -> list[tuple[str, str]]:
+    """Problems of one node."""
     op, a = node.op_type, _attrs(node)
     if node.domain not in STANDARD_DOMAINS:
         return [("error", f"custom-domain operator {node.domain}::{op} has no TensorRT importer (it needs a "
@@ -142,14 +155,14 @@ def check_node(node, consts: dict, used: set[str], opset: int) -> list[tuple[str
     if op not in SUPPORTED:
         return [("error", f"{op} is not listed in TensorRT's ONNX operator table")]
     rule = _RULES.get(op)
-    return rule(node, a, consts, used) if rule else []
+    return rule(node, a, facts) if rule else []
 
 
-def _const_input(node, i, consts):
+def _const_input(node, i):
     return node.input[i] if len(node.input) > i and node.input[i] else None
 
 
-def _resize(node, a, consts, used):
+def _resize(node, a, g):
     out = []
     coord = a.get("coordinate_transformation_mode", "half_pixel")
     mode = a.get("mode", "nearest")
@@ -169,7 +182,7 @@ def _resize(node, a, consts, used):
     return out
 
 
-def _roi_align(node, a, consts, used):
+def _roi_align(node, a, g):
     out = []
     coord = a.get("coordinate_transformation_mode", "half_pixel")
     if coord not in ROIALIGN_COORD_MODES:
@@ -183,53 +196,61 @@ def _roi_align(node, a, consts, used):
     return out
 
 
-def _nms(node, a, consts, used):
+def _nms(node, a, g):
     out = [("warning", "NonMaxSuppression -> INMSLayer: selected_indices has a data-dependent length "
                        f"and at most {NMS_TOPK_LIMIT} boxes per image are considered (2000 on SM 5.3/6.2)")]
+    if _const_input(node, 4) is None:
+        out.append(("error", "NonMaxSuppression has no score_threshold: ONNX then keeps every box, but "
+                             "TensorRT's NMS layer applies its default ScoreThreshold 0.0 and drops boxes "
+                             "scoring <= 0 (logits, log-probabilities)"))
+    boxes = g.shapes.get(node.input[0])
+    if boxes and len(boxes) == 3 and boxes[1] is not None and boxes[1] > NMS_TOPK_LIMIT:
+        out.append(("error", f"NonMaxSuppression over {boxes[1]} boxes: TensorRT's NMS layer considers at most "
+                             f"{NMS_TOPK_LIMIT} (the rest are silently ignored)"))
     for i, what in ((2, "max_output_boxes_per_class"), (3, "iou_threshold"), (4, "score_threshold")):
-        name = _const_input(node, i, consts)
-        if name is not None and name not in consts:
+        name = _const_input(node, i)
+        if name is not None and name not in g.consts:
             out.append(("warning", f"NonMaxSuppression {what} is computed at run time; make it a constant "
                                    "(TensorRT builds it as a shape tensor)"))
     return out
 
 
-def _topk(node, a, consts, used):
+def _topk(node, a, g):
     out = []
     if a.get("sorted", 1) != 1:
         out.append(("error", "TopK sorted=0 is unsupported"))
-    k = _const_input(node, 1, consts)
-    if k in consts and int(consts[k].reshape(-1)[0]) >= TOPK_MAX_K:
-        out.append(("error", f"TopK K={int(consts[k].reshape(-1)[0])} must be less than {TOPK_MAX_K}"))
-    elif k not in consts:
+    k = _const_input(node, 1)
+    if k in g.consts and int(g.consts[k].reshape(-1)[0]) >= TOPK_MAX_K:
+        out.append(("error", f"TopK K={int(g.consts[k].reshape(-1)[0])} must be less than {TOPK_MAX_K}"))
+    elif k not in g.consts:
         out.append(("warning", f"TopK K is computed at run time; TensorRT needs K < {TOPK_MAX_K}"))
     return out
 
 
-def _pool(node, a, consts, used):
+def _pool(node, a, g):
     out = []
     if any(d != 1 for d in a.get("dilations", [])):
         out.append(("error", f"{node.op_type} with dilations {list(a['dilations'])} is unsupported"))
     if len(a.get("kernel_shape", [0, 0])) not in (2, 3):
         out.append(("error", f"{node.op_type}: 2D or 3D pooling only"))
-    if node.op_type == "MaxPool" and len(node.output) > 1 and node.output[1] in used:
+    if node.op_type == "MaxPool" and len(node.output) > 1 and node.output[1] in g.used:
         out.append(("error", "MaxPool's Indices output is unsupported"))
     return out
 
 
-def _scatter_nd(node, a, consts, used):
+def _scatter_nd(node, a, g):
     red = a.get("reduction", "none")
     return [] if red == "none" else [("error", f"ScatterND reduction={red!r} is unsupported")]
 
 
-def _axes_input(node, a, consts, used):
-    name = _const_input(node, 1, consts)
-    if name is not None and name not in consts:
+def _axes_input(node, a, g):
+    name = _const_input(node, 1)
+    if name is not None and name not in g.consts:
         return [("error", f"{node.op_type}: axes must be a constant (initializer), not computed at run time")]
     return []
 
 
-def _if(node, a, consts, used):
+def _if(node, a, g):
     then_names = {o.name for o in a["then_branch"].output}
     else_names = {o.name for o in a["else_branch"].output}
     out = [("warning", "If: a data-dependent branch; both branches are built into the engine")]
@@ -238,20 +259,20 @@ def _if(node, a, consts, used):
     return out
 
 
-def _loop(node, a, consts, used):
+def _loop(node, a, g):
     return [("warning", "Loop: scan outputs need a static length and loop-carried shapes must not change")]
 
 
-def _quant(node, a, consts, used):
-    name = _const_input(node, 2, consts)
-    if name is not None and name in consts and consts[name].any():
+def _quant(node, a, g):
+    name = _const_input(node, 2)
+    if name is not None and name in g.consts and g.consts[name].any():
         return [("error", f"{node.op_type}: the zero point must be 0 (symmetric quantisation)")]
     return []
 
 
-def _dropout(node, a, consts, used):
-    name = _const_input(node, 2, consts)
-    if name is not None and (name not in consts or bool(consts[name].reshape(-1)[0])):
+def _dropout(node, a, g):
+    name = _const_input(node, 2)
+    if name is not None and (name not in g.consts or bool(g.consts[name].reshape(-1)[0])):
         return [("error", "Dropout: training_mode must be a constant False")]
     return []
 

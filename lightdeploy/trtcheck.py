@@ -16,7 +16,7 @@ from pathlib import Path
 
 from lightdeploy.errors import UsageError, require
 
-from lightdeploy.exporters.onnx import CLASS_HIERARCHY, NAME_SCOPES
+from lightdeploy.exporters.onnx import CLASS_HIERARCHY, NAME_SCOPES, graph_constants
 
 NAMESPACE = "namespace"
 
@@ -39,6 +39,7 @@ class CheckReport:
     source: dict
     op_counts: dict[str, int]
     findings: list[Finding] = field(default_factory=list)
+    rewrites: list[str] = field(default_factory=list)  # exact rewrites applied first (exporters/trt_prepare.py)
 
     @property
     def supported(self) -> bool:
@@ -57,13 +58,14 @@ class CheckReport:
 
     def summary(self) -> str:
         verdict = "supported" if self.supported else f"NOT supported ({len(self.errors())} unsupported node(s))"
+        rewritten = f", {len(self.rewrites)} node(s) rewritten for TensorRT" if self.rewrites else ""
         return (f"{self.subject}: TensorRT {self.source['tensorrt_version']} ONNX parser: {verdict}; "
                 f"{sum(self.op_counts.values())} nodes, {len(self.op_counts)} op types, opset {self.opset}, "
-                f"{len(self.warnings())} warning(s)")
+                f"{len(self.warnings())} warning(s){rewritten}")
 
     def text(self) -> str:
         """Plain text (for error messages and logs)."""
-        lines = [self.summary()]
+        lines = [self.summary()] + [f"  [rewritten] {r}" for r in self.rewrites]
         for f in self.errors() + self.warnings():
             where = f" in {f.module}" if f.module else ""
             lines.append(f"  [{f.severity}] {f.node} ({f.op_type}){where}: {f.message}")
@@ -134,12 +136,13 @@ def node_module_path(node) -> str:
 
 
 # ----------------------------------------------------------------------------------------- checks
-def check_onnx(model_or_path, *, subject: str | None = None) -> CheckReport:
-    """Check every node (subgraphs included) of an ONNX model or file against TensorRT 10."""
-    onnx = require("onnx", package="onnx", extra="onnx", purpose="The TensorRT operator check")
-    from onnx import numpy_helper
+def check_onnx(model_or_path, *, subject: str | None = None, rewrites: list[str] | None = None) -> CheckReport:
+    """Check every node (subgraphs included) of an ONNX model or file against TensorRT 10.
 
+    ``rewrites``: what ``trt_prepare.prepare`` changed before, reported with the findings."""
+    onnx = require("onnx", package="onnx", extra="onnx", purpose="The TensorRT operator check")
     from lightdeploy.exporters import trt_support
+    from lightdeploy.exporters.trt_prepare import static_shapes
 
     if isinstance(model_or_path, (str, Path)):
         path = Path(model_or_path)
@@ -154,21 +157,19 @@ def check_onnx(model_or_path, *, subject: str | None = None) -> CheckReport:
         model = model_or_path
         subject = subject or (model.graph.name or "model")
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
-    consts = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
     findings = [Finding(sev, "(model)", "opset", "", msg) for sev, msg in trt_support.opset_problems(opset)]
     counts: Counter = Counter()
+    try:
+        shapes = static_shapes(model)
+    except Exception:  # noqa: BLE001 - shape inference is best effort; the rules then see no shapes
+        shapes = {}
 
     def walk(graph, consts):
-        consts = dict(consts)
-        consts.update({i.name: numpy_helper.to_array(i) for i in graph.initializer})
+        consts = {**consts, **graph_constants(graph)}
         used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
         for node in graph.node:
-            if node.op_type == "Constant" and node.domain in trt_support.STANDARD_DOMAINS:
-                for a in node.attribute:
-                    if a.name == "value":
-                        consts[node.output[0]] = numpy_helper.to_array(a.t)
             counts[node.op_type] += 1
-            for sev, msg in trt_support.check_node(node, consts, used, opset):
+            for sev, msg in trt_support.check_node(node, trt_support.GraphFacts(consts, used, shapes), opset):
                 rewrite = trt_support.REWRITES.get(node.op_type, "") if sev == "error" else ""
                 findings.append(Finding(sev, node.name or "(unnamed)", node.op_type, node_module(node), msg, rewrite))
             for a in node.attribute:
@@ -177,13 +178,15 @@ def check_onnx(model_or_path, *, subject: str | None = None) -> CheckReport:
                 for g in a.graphs:
                     walk(g, consts)
 
-    walk(model.graph, consts)
-    return CheckReport("trt", subject, opset, dict(trt_support.SOURCE), dict(sorted(counts.items())), findings)
+    walk(model.graph, {})
+    return CheckReport("trt", subject, opset, dict(trt_support.SOURCE), dict(sorted(counts.items())), findings,
+                       list(rewrites or []))
 
 
 def check_model(name: str, *, input_size: tuple[int, int] | None = None, opset: int = 18,
                 dynamic_batch: bool = False, extra: dict | None = None) -> CheckReport:
-    """Export a registered model to a temporary ONNX file (the pipeline's ``export_onnx``) and check it.
+    """Export a registered model to a temporary ONNX file (the pipeline's ``export_onnx``), apply the
+    TensorRT export's exact rewrites (``trt_prepare.prepare``) and check the result, as export does.
 
     Weights do not change the graph's operators, so the model is built with random weights and no
     BN re-estimation.
@@ -207,7 +210,13 @@ def check_model(name: str, *, input_size: tuple[int, int] | None = None, opset: 
     with tempfile.TemporaryDirectory(prefix="lightdeploy-check-") as tmp:
         path = Path(tmp) / "model.onnx"
         export_onnx(job, path)
-        return check_onnx(path, subject=name)
+        import onnx
+
+        from lightdeploy.exporters.trt_prepare import prepare
+
+        model = onnx.load(str(path))
+        rewrites = prepare(model)
+        return check_onnx(model, subject=name, rewrites=rewrites)
 
 
 def check(target: str, *, input_size: tuple[int, int] | None = None, opset: int = 18) -> CheckReport:

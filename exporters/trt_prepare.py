@@ -15,8 +15,9 @@ Runtime by tests/test_tensorrt.py) and that TensorRT 10 parses:
   smallest), so the next TopK picks the following ones, and the pieces are concatenated.  ONNX TopK
   breaks ties by the lower index, so the chain is the same sequence (exact for finite inputs).
 - ``split_large_nms``: TensorRT's NMS layer considers at most 5000 boxes (its TopK box limit; 2000
-  on SM 5.3/6.2 devices such as the Jetson Nano).  Greedy NMS visits boxes by decreasing score, so
-  it can run over score-ordered chunks of at most that many boxes: NMS of the first chunk; for each
+  on SM 5.3/6.2 devices such as the Jetson Nano) and silently ignores the rest.  The plan is built on
+  the target device, so the chunks are of 2000, which every device takes.  Greedy NMS visits boxes by
+  decreasing score, so it can run over score-ordered chunks: NMS of the first chunk; for each
   later chunk, its boxes that overlap a box kept so far (IoU > threshold) get score -inf, the chunk's
   NMS keeps the rest, and the kept indices are concatenated in order and cut to
   max_output_boxes_per_class.  Exact up to the float rounding of IoU exactly at the threshold.
@@ -29,7 +30,7 @@ from __future__ import annotations
 import numpy as np
 
 from lightdeploy.exporters.onnx import graph_constants
-from lightdeploy.exporters.trt_support import NMS_TOPK_LIMIT, TOPK_MAX_K
+from lightdeploy.exporters.trt_support import NMS_TOPK_LIMIT_SM53, TOPK_MAX_K
 
 LOWEST_FLOAT32 = float(np.finfo(np.float32).min)
 TOPK_CHUNK = TOPK_MAX_K - 1  # TensorRT: K must be less than 3840
@@ -193,7 +194,7 @@ def _suppressed_by(e: _Emitter, boxes: str, kept: str, iou_threshold: str) -> st
     return e.op("Greater", [hits, zero])
 
 
-def split_large_nms(model, limit: int = NMS_TOPK_LIMIT) -> list[str]:
+def split_large_nms(model, limit: int = NMS_TOPK_LIMIT_SM53) -> list[str]:
     """Rewrite NonMaxSuppression over more than ``limit`` boxes (one batch, one class) as chunked
     NMS (module docstring).  Needs static shapes; run ``explicit_nms_score_threshold`` first."""
     shapes, changed = static_shapes(model), []
@@ -244,7 +245,7 @@ def _split_nms(model, node, n: int, limit: int) -> str:
 
 
 # ------------------------------------------------------------------------------------------- entry
-def prepare(model, *, nms_box_limit: int = NMS_TOPK_LIMIT) -> list[str]:
+def prepare(model, *, nms_box_limit: int = NMS_TOPK_LIMIT_SM53) -> list[str]:
     """Apply every rewrite to ``model`` in place; returns one line per rewritten node."""
     changed = explicit_nms_score_threshold(model)
     changed += split_large_nms(model, nms_box_limit)

@@ -122,6 +122,7 @@ ROIALIGN_COORD_MODES = {"half_pixel", "output_half_pixel"}
 ROIALIGN_MODES = {"avg", "max"}
 TOPK_MAX_K = 3840
 NMS_TOPK_LIMIT = 5000
+NMS_TOPK_LIMIT_SM53 = 2000  # SM 5.3 / 6.2: Jetson Nano, TX1, TX2
 STANDARD_DOMAINS = ("", "ai.onnx")
 
 
@@ -204,9 +205,13 @@ def _nms(node, a, g):
                              "TensorRT's NMS layer applies its default ScoreThreshold 0.0 and drops boxes "
                              "scoring <= 0 (logits, log-probabilities)"))
     boxes = g.shapes.get(node.input[0])
-    if boxes and len(boxes) == 3 and boxes[1] is not None and boxes[1] > NMS_TOPK_LIMIT:
-        out.append(("error", f"NonMaxSuppression over {boxes[1]} boxes: TensorRT's NMS layer considers at most "
+    n = boxes[1] if boxes and len(boxes) == 3 else None
+    if n is not None and n > NMS_TOPK_LIMIT:
+        out.append(("error", f"NonMaxSuppression over {n} boxes: TensorRT's NMS layer considers at most "
                              f"{NMS_TOPK_LIMIT} (the rest are silently ignored)"))
+    elif n is not None and n > NMS_TOPK_LIMIT_SM53:
+        out.append(("warning", f"NonMaxSuppression over {n} boxes: on SM 5.3/6.2 devices (Jetson Nano, TX1, TX2) "
+                               f"TensorRT's NMS layer considers only {NMS_TOPK_LIMIT_SM53}"))
     for i, what in ((2, "max_output_boxes_per_class"), (3, "iou_threshold"), (4, "score_threshold")):
         name = _const_input(node, i)
         if name is not None and name not in g.consts:

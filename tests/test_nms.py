@@ -119,6 +119,21 @@ def test_fixed_size_forms_equal_greedy(name, boxes, scores, threshold, max_outpu
         assert int(num_kept) == len(greedy) and num_kept.shape == ()
 
 
+@pytest.mark.parametrize("seed", range(8))
+def test_decomposition_equals_greedy_on_random_sets(seed):
+    """The decomposition stops after max_output picks: cut before, at and after the kept count, with
+    ties and zero-area boxes among the inputs."""
+    n = 40 + 30 * seed
+    boxes, scores = random_boxes(n, seed=100 + seed)
+    boxes[::7, 2:] = boxes[::7, :2]  # zero-area boxes: IoU 0 / 0 with anything, never suppress
+    threshold = 0.2 + 0.08 * seed
+    greedy = reference_nms(boxes, scores, threshold)
+    for max_output in (1, len(greedy) - 1, len(greedy), len(greedy) + 5):
+        keep, num_kept = nms_ops.nms_fixed_decomposition(boxes, scores, threshold, max_output)
+        cut = greedy[:max_output]
+        assert keep.tolist() == cut + [-1] * (max_output - len(cut)) and int(num_kept) == len(cut)
+
+
 def test_stable_descending_order_matches_stable_sort():
     scores = torch.tensor([0.5, 0.9, 0.5, 0.1, 0.9, 0.5])
     expected = torch.sort(scores, descending=True, stable=True).indices

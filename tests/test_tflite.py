@@ -62,7 +62,8 @@ def exported_folder(name: str, precision: str, tmp_path_factory) -> Path:
 
 def _model_params():
     """Every model, grouped per model so one worker converts it once.  The detectors' unrolled NMS
-    becomes 8,000-21,000 TFLite ops and a conversion of minutes, so they run in the slow set."""
+    becomes thousands of TFLite ops (~8,000 for ThunderNet at 320) and minutes of conversion and
+    parity, so they run in the slow set."""
     return [pytest.param(n, marks=[pytest.mark.xdist_group(n)] + ([pytest.mark.slow] if get_spec(n).task == "detect" else []))
             for n in registered()]
 

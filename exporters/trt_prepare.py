@@ -2,7 +2,7 @@
 graph or silently compute something else.
 
 Each rewrite replaces a node by standard ONNX nodes that give the same outputs (checked in ONNX
-Runtime by tests/test_tensorrt.py) and that TensorRT 10 parses:
+Runtime by tests/test_trt_prepare.py) and that TensorRT 10 parses:
 
 - ``explicit_nms_score_threshold``: ONNX NonMaxSuppression without ``score_threshold`` keeps every
   box, but TensorRT's NMS layer defaults its ScoreThreshold to 0.0 (TensorRT operator docs, NMS:
@@ -22,7 +22,8 @@ Runtime by tests/test_tensorrt.py) and that TensorRT 10 parses:
   NMS keeps the rest, and the kept indices are concatenated in order and cut to
   max_output_boxes_per_class.  Exact up to the float rounding of IoU exactly at the threshold.
 
-``prepare(model)`` applies them in that order (in place) and returns what it changed, for the plan.
+``prepare(model)`` applies them in place (threshold, NMS split, TopK split) and returns what it
+changed, for the plan.
 """
 
 from __future__ import annotations
@@ -112,7 +113,7 @@ def explicit_nms_score_threshold(model) -> list[str]:
         if node.op_type != "NonMaxSuppression" or (len(node.input) > 4 and node.input[4]):
             continue
         e = _Emitter(model.graph, node.name or "nms")
-        inputs = list(node.input) + [""] * (4 - len(node.input))
+        inputs = (list(node.input) + [""] * 4)[:4]  # an empty 5th input ("") is replaced too
         if not inputs[2]:
             inputs[2] = e.const([0], np.int64)  # ONNX default: 0 boxes per class
         if not inputs[3]:
@@ -126,7 +127,9 @@ def explicit_nms_score_threshold(model) -> list[str]:
 # ------------------------------------------------------------------------------------------- TopK
 def _topk_chain(e: _Emitter, x: str, k: int, axis: int, largest: int, outputs=None) -> tuple[str, str]:
     """Values and indices of TopK(x, k) as a chain of TopKs of at most TOPK_CHUNK."""
-    fill = np.array([-np.inf if largest else np.inf], np.float32)
+    from onnx import TensorProto, helper
+
+    fill = helper.make_tensor("fill", TensorProto.FLOAT, [1], [-np.inf if largest else np.inf])
     values, indices, rest, left = [], [], x, k
     while left > 0:
         step = min(left, TOPK_CHUNK)
@@ -135,10 +138,7 @@ def _topk_chain(e: _Emitter, x: str, k: int, axis: int, largest: int, outputs=No
         indices.append(i)
         left -= step
         if left > 0:  # hide the picked elements from the next TopK
-            from onnx import helper, TensorProto
-
-            fills = e.op("ConstantOfShape", [e.op("Shape", [i])],
-                         value=helper.make_tensor("fill", TensorProto.FLOAT, [1], fill))
+            fills = e.op("ConstantOfShape", [e.op("Shape", [i])], value=fill)
             rest = e.op("ScatterElements", [rest, i, fills], axis=axis)
     outs = list(outputs) if outputs else [e.name("topk_values"), e.name("topk_indices")]
     e.op("Concat", values, outputs=[outs[0]], axis=axis)

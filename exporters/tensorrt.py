@@ -38,8 +38,7 @@ class TensorRTExporter:
         onnx = require("onnx", package="onnx", extra="onnx", purpose="TensorRT export (via ONNX)")
         from lightdeploy.exporters.onnx import export_onnx, graph_io, lightdeploy_metadata
         from lightdeploy.exporters.tensorrt_build import build_engine, trt_environment
-        from lightdeploy.exporters.trt_prepare import prepare
-        from lightdeploy.trtcheck import check_onnx
+        from lightdeploy.trtcheck import check_onnx, check_prepared
 
         options = job.options
         if options.nhwc:
@@ -47,10 +46,9 @@ class TensorRTExporter:
         path = workdir / ONNX_FILE
         onnx_info = export_onnx(job, path, metadata=lightdeploy_metadata(job))
         model = onnx.load(str(path))
-        rewrites = prepare(model)
-        if rewrites:  # the plan's ONNX (and the QDQ and FP16 models made from it) is the rewritten graph
+        check = check_prepared(model, subject=job.spec.name)
+        if check.rewrites:  # the plan's ONNX (and the QDQ and FP16 models made from it) is the rewritten graph
             onnx.save(model, str(path))
-        check = check_onnx(model, subject=job.spec.name, rewrites=rewrites)
         if not check.supported:
             raise UsageError(f"{job.spec.name} cannot be built by TensorRT as exported:\n{check.text()}")
         inputs, outputs = graph_io(model)
@@ -85,7 +83,7 @@ class TensorRTExporter:
             "onnx": plan_onnx, "builder": builder_settings(precision, pinned),
             "profiles": profiles(inputs, options), "inputs": inputs, "outputs": outputs,
             "fp32_layers": (fp16 or {}).get("layers", []), "fp16_analysis": fp16, "int8": int8,
-            "check": {"summary": check.summary(), "supported": check.supported, "rewrites": rewrites,
+            "check": {"summary": check.summary(), "supported": check.supported, "rewrites": check.rewrites,
                       "warnings": [f"{f.node} ({f.op_type}): {f.message}" for f in check.warnings()],
                       "source": check.source, "op_counts": check.op_counts},
             "requirements": REQUIREMENTS, "parity_estimate": None,

@@ -167,9 +167,10 @@ def check_onnx(model_or_path, *, subject: str | None = None, rewrites: list[str]
     def walk(graph, consts):
         consts = {**consts, **graph_constants(graph)}
         used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
+        facts = trt_support.GraphFacts(consts, used, shapes)
         for node in graph.node:
             counts[node.op_type] += 1
-            for sev, msg in trt_support.check_node(node, trt_support.GraphFacts(consts, used, shapes), opset):
+            for sev, msg in trt_support.check_node(node, facts, opset):
                 rewrite = trt_support.REWRITES.get(node.op_type, "") if sev == "error" else ""
                 findings.append(Finding(sev, node.name or "(unnamed)", node.op_type, node_module(node), msg, rewrite))
             for a in node.attribute:
@@ -212,11 +213,16 @@ def check_model(name: str, *, input_size: tuple[int, int] | None = None, opset: 
         export_onnx(job, path)
         import onnx
 
-        from lightdeploy.exporters.trt_prepare import prepare
+        return check_prepared(onnx.load(str(path)), subject=name)
 
-        model = onnx.load(str(path))
-        rewrites = prepare(model)
-        return check_onnx(model, subject=name, rewrites=rewrites)
+
+def check_prepared(model, *, subject: str) -> CheckReport:
+    """What the TensorRT export does before building: apply the exact rewrites of
+    ``trt_prepare.prepare`` to ``model`` in place, then check it; the report lists the rewrites."""
+    from lightdeploy.exporters.trt_prepare import prepare
+
+    rewrites = prepare(model)
+    return check_onnx(model, subject=subject, rewrites=rewrites)
 
 
 def check(target: str, *, input_size: tuple[int, int] | None = None, opset: int = 18) -> CheckReport:

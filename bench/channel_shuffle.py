@@ -18,7 +18,7 @@ import torch
 
 from lightdeploy.bench import time_fn
 from lightdeploy.exporters.base import ExportJob, ExportOptions
-from lightdeploy.exporters.onnx import export_onnx
+from lightdeploy.exporters.onnx.export import export_onnx
 from lightdeploy.factory import create_model
 from lightdeploy.models.registry import get_spec
 from lightdeploy.ops import channel_shuffle as cs

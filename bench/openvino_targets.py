@@ -8,7 +8,7 @@ parity gate on (a failed gate is printed and the artifact still timed: speed and
 facts), then times all of them with ``lightdeploy.bench.bench(threads=2)``: batch-1 median and p90
 after warm-up, ratio to eager of the same model in the same run.
 
-Targets (issue 5): OV INT8 >= 1.5x faster than OV FP32 on mobilenetv2 and shufflenetv2; the best
+Targets: OV INT8 >= 1.5x faster than OV FP32 on mobilenetv2 and shufflenetv2; the best
 artifact <= 0.25x eager on each backbone.
 """
 

@@ -11,6 +11,7 @@ Prints a median-latency table (ms) and the max abs error of each lowering agains
 from __future__ import annotations
 
 import argparse
+import functools
 import tempfile
 import warnings
 from pathlib import Path
@@ -75,7 +76,7 @@ def main() -> None:
         for size_name, size in SIZES.items():
             features, boxes = make_inputs(**size)
             reference = PSRoIAlign()(features, boxes).numpy()
-            eager_ms = median_ms(lambda: PSRoIAlign()(features, boxes), args.runs)
+            eager_ms = median_ms(functools.partial(PSRoIAlign(), features, boxes), args.runs)
             results.setdefault("(eager torch)", {})[size_name] = f"{eager_ms:8.2f}"
             for variant in psra.ONNX_VARIANTS:
                 path = Path(tmp) / f"{variant}.onnx"
@@ -88,7 +89,7 @@ def main() -> None:
                 )
                 feeds = {"features": features.numpy(), "boxes": boxes.numpy()}
                 error = np.abs(session.run(None, feeds)[0] - reference).max()
-                ms = median_ms(lambda: session.run(None, feeds), args.runs)
+                ms = median_ms(functools.partial(session.run, None, feeds), args.runs)
                 results.setdefault(variant, {})[size_name] = f"{ms:8.2f} (err {error:.1e})"
 
     header = f"{'lowering (ORT, ms median)':28s}" + "".join(f"{s:>32s}" for s in SIZES)

@@ -9,7 +9,7 @@ facts), then times all of them with ``lightdeploy.bench.bench(threads=2)``: batc
 after warm-up, ratio to eager of the same model in the same run.  Models not registered (or whose
 conversion fails) are reported and skipped.
 
-Target (issue 6): TFLite fp32 within 1.5x of ONNX Runtime's latency on every backbone.  INT8 in
+Target: TFLite fp32 within 1.5x of ONNX Runtime's latency on every backbone.  INT8 in
 XNNPACK pays off on ARM; x86 numbers are reported as they are.
 """
 

@@ -1,14 +1,15 @@
 """What every exporter receives and returns.
 
 An exporter turns one eager model into the backend's file(s) inside a work folder; the pipeline
-(``lightdeploy.pipeline``) owns validation, the manifest, the parity gate and the atomic rename.
+(``lightdeploy.pipeline``) owns the job, the manifest, the parity gate and the atomic rename.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Protocol
 
 import torch
 
@@ -69,18 +70,22 @@ class ExportResult:
     backend_file: str
     inputs: list[dict]
     outputs: list[dict]
-    info: dict = field(default_factory=dict)
+    info: dict = field(default_factory=dict)  # facts for the manifest; info["notes"] are shown to the user
     # For an fp16 / int8 artifact: writes the same graph before the precision was reduced (same
-    # converter, same rewrites) as ``backend_file`` into the folder it is given.  The pipeline gates
-    # that float graph at the fp32 row as well, because on random weights the int8 row alone cannot
-    # tell some graph bugs from rounding (tests/test_conditioning.py); it is never part of the artifact.
-    float_twin: Callable[[Path], None] | None = None
+    # converter, same rewrites) into the folder it is given and returns the file the backend opens.
+    # The pipeline gates that float graph at the fp32 row as well: the reduced-precision row alone
+    # cannot tell some graph bugs from rounding (docs/design.md#parity).  Never part of the artifact.
+    float_twin: Callable[[Path], str] | None = None
 
 
 class Exporter(Protocol):
     target: str
     backend: str
     precisions: tuple[str, ...]
+    # The parity estimator (lightdeploy.parity.estimate.Estimator) for artifacts that cannot run where
+    # the gate runs, e.g. a TensorRT plan without a GPU; None when the artifact always runs.
+    estimator: Callable | None
 
     def export(self, job: ExportJob, workdir: Path) -> ExportResult:
+        """Write the backend's files into ``workdir`` (a staging folder); raise UsageError on bad input."""
         ...

@@ -6,11 +6,12 @@ latency of its own model measured in the same run (a shared machine is noisy acr
 
 from __future__ import annotations
 
+import functools
 import json
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -84,7 +85,7 @@ def bench(subjects: list[str], *, runs: int = 50, warmup: int = 10, threads: int
             progress(f"timing {path.name}")
             runtime = open_runtime(path, manifest, threads=threads)
             feed = {manifest["inputs"][0]["name"]: np.random.default_rng(0).standard_normal(shape).astype(np.float32)}
-            med, p90 = time_fn(lambda: runtime.run(feed), warmup, runs)
+            med, p90 = time_fn(functools.partial(runtime.run, feed), warmup, runs)
             ref = eager_ms[(manifest["model"], size, shape[0])]
             rows.append(BenchRow(path.name, manifest["model"], f"{manifest['backend']}/{manifest['precision']}",
                                  shape, threads, runs, med, p90, med / ref))

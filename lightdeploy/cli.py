@@ -1,6 +1,7 @@
 """The ``lightdeploy`` command line (typer + rich).  The only place that turns errors into exit codes.
 
-Exit codes (design.md): 0 success, 1 parity failed, 2 bad input or usage, 3 missing dependency.
+Exit codes (docs/design.md#exit-codes): 0 success, 1 parity failed, 2 bad input or usage, 3 missing
+dependency or unsupported environment.
 """
 
 from __future__ import annotations
@@ -8,7 +9,6 @@ from __future__ import annotations
 import functools
 import json
 from pathlib import Path
-from typing import List, Optional, Tuple
 
 import typer
 from rich.console import Console
@@ -47,8 +47,8 @@ def _progress(quiet: bool):
 @_handle_errors
 def list_cmd(as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")):
     """List the registered models with task, input size, params and MACs."""
-    from lightdeploy.models.registry import get_spec, list_models
     from lightdeploy.modelinfo import complexity
+    from lightdeploy.models.registry import get_spec, list_models
 
     rows = []
     for name in list_models():
@@ -85,22 +85,22 @@ def info(target: str = typer.Argument(..., metavar="MODEL|ARTIFACT_DIR")):
 @_handle_errors
 def export(
     model: str = typer.Argument(..., help="A registered model name (see `lightdeploy list`)."),
-    to: List[str] = typer.Option(..., "--to", help="Target(s): repeat --to for several."),
+    to: list[str] = typer.Option(..., "--to", help="Target(s): repeat --to for several."),
     fp16: bool = typer.Option(False, "--fp16", help="FP16 weights/compute where the target offers it."),
     int8: bool = typer.Option(False, "--int8", help="INT8 post-training quantisation."),
-    calib: Optional[Path] = typer.Option(None, "--calib", help="Folder of calibration images for --int8."),
-    input_size: Optional[Tuple[int, int]] = typer.Option(None, "--input-size", help="H W"),
+    calib: Path | None = typer.Option(None, "--calib", help="Folder of calibration images for --int8."),
+    input_size: tuple[int, int] | None = typer.Option(None, "--input-size", help="H W"),
     batch: int = typer.Option(1, "--batch"),
     dynamic_batch: bool = typer.Option(False, "--dynamic-batch"),
     dynamic_size: bool = typer.Option(False, "--dynamic-size", help="Symbolic H and W (checked at a second size)."),
-    weights: Optional[Path] = typer.Option(None, "--weights", help="State dict (.pt/.pth, loaded weights_only) or .safetensors."),
-    num_classes: Optional[int] = typer.Option(None, "--num-classes"),
+    weights: Path | None = typer.Option(None, "--weights", help="State dict (.pt/.pth, loaded weights_only) or .safetensors."),
+    num_classes: int | None = typer.Option(None, "--num-classes"),
     opset: int = typer.Option(18, "--opset"),
     nhwc: bool = typer.Option(False, "--nhwc", help="NHWC input layout (TFLite)."),
     raw_heads: bool = typer.Option(False, "--raw-heads", help="Detectors: also output the raw head tensors before NMS."),
     out: Path = typer.Option(Path("artifacts"), "--out"),
     no_parity: bool = typer.Option(False, "--no-parity", help="Skip the parity gate (not recommended)."),
-    images: Optional[Path] = typer.Option(None, "--images", help="Folder of images for the parity gate."),
+    images: Path | None = typer.Option(None, "--images", help="Folder of images for the parity gate."),
     quiet: bool = typer.Option(False, "--quiet"),
 ):
     """Export MODEL to each --to target, then run the parity gate against eager PyTorch."""
@@ -153,23 +153,24 @@ def _print_outcome(outcome, quiet: bool) -> None:
 @app.command()
 @_handle_errors
 def parity(
-    artifacts: List[Path] = typer.Argument(..., metavar="ARTIFACT_DIR..."),
-    images: Optional[Path] = typer.Option(None, "--images", help="Folder of images to add as inputs' photographs."),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the reports as JSON."),
-    junit: Optional[Path] = typer.Option(None, "--junit", help="Write the reports as JUnit XML."),
-    threads: Optional[int] = typer.Option(None, "--threads"),
+    artifacts: list[Path] = typer.Argument(..., metavar="ARTIFACT_DIR..."),
+    images: Path | None = typer.Option(None, "--images", help="Folder of images to add as inputs' photographs."),
+    json_out: Path | None = typer.Option(None, "--json", help="Write the reports as JSON."),
+    junit: Path | None = typer.Option(None, "--junit", help="Write the reports as JUnit XML."),
+    threads: int | None = typer.Option(None, "--threads"),
     quiet: bool = typer.Option(False, "--quiet"),
 ):
     """Re-run the parity gate on exported artifacts (eager is rebuilt from each manifest)."""
-    from lightdeploy.parity import run_parity, write_json, write_junit
+    from lightdeploy.parity import write_json, write_junit
     from lightdeploy.parity.report import render_table
+    from lightdeploy.pipeline import parity as run_gate
     from lightdeploy.samples import images_from_dir
 
     imgs = images_from_dir(images) if images else None
     reports = []
     for folder in artifacts:
         _progress(quiet)(f"parity of {folder}")
-        report = run_parity(folder, images=imgs, threads=threads)
+        report = run_gate(folder, images=imgs, threads=threads)
         reports.append(report)
         if not quiet:
             console.print(render_table(report))
@@ -187,9 +188,9 @@ def parity(
 @_handle_errors
 def predict(
     artifact: Path = typer.Argument(..., metavar="ARTIFACT_DIR"),
-    images: List[Path] = typer.Argument(..., metavar="IMAGE..."),
+    images: list[Path] = typer.Argument(..., metavar="IMAGE..."),
     out: Path = typer.Option(Path("predictions"), "--out"),
-    threads: Optional[int] = typer.Option(None, "--threads"),
+    threads: int | None = typer.Option(None, "--threads"),
 ):
     """Run an artifact on images and write each result drawn on its image as a PNG."""
     from lightdeploy import runtimes
@@ -212,12 +213,12 @@ def predict(
 @app.command()
 @_handle_errors
 def bench(
-    subjects: List[str] = typer.Argument(..., metavar="MODEL|ARTIFACT_DIR..."),
+    subjects: list[str] = typer.Argument(..., metavar="MODEL|ARTIFACT_DIR..."),
     runs: int = typer.Option(50, "--runs"),
     warmup: int = typer.Option(10, "--warmup"),
     threads: int = typer.Option(2, "--threads"),
-    json_out: Optional[Path] = typer.Option(None, "--json"),
-    plot: Optional[Path] = typer.Option(None, "--plot", help="Write a bar chart PNG."),
+    json_out: Path | None = typer.Option(None, "--json"),
+    plot: Path | None = typer.Option(None, "--plot", help="Write a bar chart PNG."),
     quiet: bool = typer.Option(False, "--quiet"),
 ):
     """Batch latency (median, p90) of eager PyTorch and each artifact, with ratios to eager."""
@@ -239,16 +240,14 @@ def bench(
 def check(
     subject: str = typer.Argument(..., metavar="MODEL|ONNX_FILE"),
     to: str = typer.Option(..., "--to", help="Target whose operator support to check: trt."),
-    input_size: Optional[Tuple[int, int]] = typer.Option(None, "--input-size", help="H W"),
+    input_size: tuple[int, int] | None = typer.Option(None, "--input-size", help="H W"),
     opset: int = typer.Option(18, "--opset"),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ):
     """Check every ONNX node against the target's operator support, before any build (exit 2 if unsupported)."""
-    if to != "trt":
-        raise UsageError(f"`lightdeploy check --to {to}` is not available; operator tables exist for: trt.")
-    from lightdeploy.trtcheck import check as trt_check
+    from lightdeploy.checks import check as run_check
 
-    report = trt_check(subject, input_size=input_size, opset=opset)
+    report = run_check(subject, to, input_size=input_size, opset=opset)
     if as_json:
         console.print_json(json.dumps(report.as_dict()))
     else:
@@ -262,15 +261,15 @@ def check(
 def build(
     artifact: Path = typer.Argument(..., metavar="ARTIFACT_DIR"),
     no_parity: bool = typer.Option(False, "--no-parity"),
-    images: Optional[Path] = typer.Option(None, "--images"),
+    images: Path | None = typer.Option(None, "--images"),
     quiet: bool = typer.Option(False, "--quiet"),
 ):
     """Build the TensorRT engine of a build plan (on the GPU machine), then run the parity gate on it."""
-    from lightdeploy.exporters.tensorrt_build import build_artifact
+    from lightdeploy.build import build as build_engine
     from lightdeploy.parity.report import render_table
 
-    report = build_artifact(artifact, parity=not no_parity, images_dir=str(images) if images else None,
-                            progress=_progress(quiet))
+    report = build_engine(artifact, parity=not no_parity, images_dir=str(images) if images else None,
+                          progress=_progress(quiet))
     if report is None:
         console.print(f"[bold]{artifact}[/]: engine built; parity NOT RUN (--no-parity)", highlight=False)
         return

@@ -8,7 +8,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 
 def count_params(model: nn.Module) -> int:
-    """Learnable parameters, BN affine included (the [C] convention of models.md)."""
+    """Learnable parameters, BN affine included (the [C] convention of docs/models.md)."""
     return sum(p.numel() for p in model.parameters())
 
 

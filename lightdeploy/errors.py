@@ -1,6 +1,6 @@
 """The errors lightdeploy raises for users, each carrying the exit code the CLI returns.
 
-Exit codes (design.md): 0 success, 1 parity failed, 2 bad input or usage, 3 missing dependency or
+Exit codes (docs/design.md#exit-codes): 0 success, 1 parity failed, 2 bad input or usage, 3 missing dependency or
 unsupported environment.  Library code raises these; only the CLI turns them into exit codes.
 This module imports nothing heavy so that ``lightdeploy.runtimes`` can use it without torch.
 """

@@ -17,15 +17,11 @@ BN_AUG_COPIES = 5
 BN_BATCH = 6
 # Random weights are shifted into the ordered regime before BN re-estimation: every BN that still has
 # PyTorch's default shift (beta = 0) gets this one, i.e. pre-activations centred one standard deviation
-# above zero.  Why: with beta = 0 a BN + ReLU network is chaotic (Yang et al. 2019, "A Mean Field
-# Theory of Batch Normalization": perturbations grow geometrically with depth), so one int8 step of
-# rounding noise per conv output already drops mobilenetv2's logits to cosine 0.74 at 64x64, and
-# fp16 rounding drops DFANet's to 0.986: benign rounding would look like an export bug.  A network that
-# can be deployed at int8 at all is not chaotic, so the gate is only meaningful on one that is not.
-# Measured with that noise model (tests/test_factory.py; eager, 64x64, DFANet 128x128), cosine with
-# beta = 0 / 0.5 / 1: mobilenetv2 0.744 / 0.950 / 0.992, shufflenetv2 0.817 / 0.974 / 0.995,
-# snet49 0.852 / 0.983 / 0.996, bisenet_xception39 0.702 / 0.958 / 0.996, dfanet_b 0.820 / 0.975 / 0.997.
-# Architecture, parameter count and MACs are untouched; loaded weights are never changed.
+# above zero.  With beta = 0 a BN + ReLU network is chaotic (Yang et al. 2019, "A Mean Field Theory of
+# Batch Normalization": perturbations grow geometrically with depth), so benign fp16 / int8 rounding
+# would look like an export bug; a network that can be deployed at int8 at all is not chaotic
+# (docs/measurements.md#random-weights).  Architecture, parameters and MACs are untouched; loaded
+# weights are never changed.
 RANDOM_BN_SHIFT = 1.0
 
 
@@ -43,7 +39,7 @@ def create_model(
     Without ``weights`` the model starts from seeded random weights and, unless ``calibrate_bn`` is
     False, its BN shifts are set to ``RANDOM_BN_SHIFT`` and its BN running statistics re-estimated on
     the sample photographs, so activations have real ranges and rounding noise is not amplified
-    through depth (design.md, Parity).  The same name, options and seed give the same model.
+    through depth (docs/design.md#parity).  The same name, options and seed give the same model.
     """
     spec = get_spec(name)
     size = spec.check_input_size(input_size or spec.input_size)
@@ -118,3 +114,27 @@ def reestimate_bn(model: nn.Module, spec: ModelSpec, input_size: tuple[int, int]
     for bn in bns:
         bn.momentum = 0.1
     model.eval()
+
+
+def eager_from_manifest(manifest: dict) -> nn.Module:
+    """Rebuild the eager model an artifact was exported from (``lightdeploy parity DIR``, bench)."""
+    from lightdeploy.errors import UsageError
+    from lightdeploy.runtimes.manifest import sha256
+
+    src = manifest["source"]
+    weights = src.get("weights")
+    path = None
+    if weights:
+        path = Path(weights["path"])
+        if not path.is_file():
+            raise UsageError(
+                f"The artifact was exported from weights {str(path)!r}, which no longer exist; parity needs "
+                "them to rebuild the eager model. Put the file back or re-export."
+            )
+        if sha256(path) != weights["sha256"]:
+            raise UsageError(f"Weights {str(path)!r} changed since export (sha256 differs); re-export the artifact.")
+    model = create_model(src["model"], num_classes=src["num_classes"], weights=path,
+                         input_size=tuple(src["input_size"]), seed=src.get("seed") or 0)
+    spec = get_spec(src["model"])
+    extra = manifest.get("export_options", {}).get("extra", {})
+    return spec.export_wrapper(model, extra) if spec.export_wrapper else model

@@ -9,7 +9,7 @@ from lightdeploy.complexity import count_macs, count_params
 from lightdeploy.models.registry import get_spec
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def complexity(name: str, input_size: tuple[int, int] | None = None) -> tuple[int, int]:
     """(params, MACs) of ``name`` at ``input_size`` (default: its own), batch 1.
 

@@ -1,20 +1,21 @@
 """The export pipeline: eager model -> exporter -> manifest -> parity gate -> artifact in place.
 
-``export`` is what ``lightdeploy export`` runs and what the Python API offers.  Validation happens
-before any work; the artifact is built in a temporary folder and renamed into place (design.md).
+``export`` is what ``lightdeploy export`` runs and what the Python API offers; ``parity`` re-runs the
+gate on an artifact (``lightdeploy parity DIR``).  Validation happens before any work; the artifact
+is built in a temporary folder and renamed into place (docs/design.md#artifact).
 """
 
 from __future__ import annotations
 
-import platform
+import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
-from typing import Callable
 
 from lightdeploy.errors import ParityError, UsageError
-from lightdeploy.exporters import get_exporter
-from lightdeploy.exporters.base import PRECISIONS, ExportJob, ExportOptions
+from lightdeploy.exporters import exporter_for_backend, get_exporter
+from lightdeploy.exporters.base import PRECISIONS, ExportOptions, ExportResult
+from lightdeploy.jobs import make_job, manifest_for
 
 DEFAULT_OUT = Path("artifacts")
 
@@ -86,27 +87,18 @@ def export(
     options = ExportOptions(target=target, precision=precision, input_size=size, batch=batch,
                             dynamic_batch=dynamic_batch, dynamic_size=dynamic_size, opset=opset,
                             calib_dir=calib_dir, nhwc=nhwc, extra=dict(extra or {}))
-    deployable = spec.export_wrapper(model, options.extra) if spec.export_wrapper else model
-    job = ExportJob(model=deployable, spec=spec, options=options, output_names=_output_names(spec, options))
+    job = make_job(spec, model, options)
 
     with staging_folder(final) as tmp:
         progress(f"exporting to {target} ({precision})")
         result = exporter.export(job, tmp)
-        manifest = write_manifest(tmp, _manifest(job, result, model, num_classes, weights, DEFAULT_SEED))
+        result.info["notes"] = [n.replace("{artifact}", str(final)) for n in result.info.get("notes", [])]
+        manifest = write_manifest(tmp, manifest_for(job, result, num_classes=num_classes, weights=weights,
+                                                    seed=DEFAULT_SEED))
         report = None
         if parity:
-            from lightdeploy.parity import run_parity
-
             progress("running the parity gate")
-            # A TensorRT build plan has no engine on this machine: its exporter gates on CPU estimates
-            # (and returns None when the artifact is runnable here, e.g. an engine built on a GPU).
-            estimate = getattr(exporter, "estimate_parity", None)
-            report = estimate(tmp, model=deployable, images=images) if estimate else None
-            if report is None:
-                report = run_parity(tmp, model=deployable, images=images)
-            if result.float_twin is not None:
-                progress("gating the float graph before reduced precision (fp32 row)")
-                report.add_float_graph(gate_float_twin(result, manifest, deployable, images))
+            report = gate(tmp, manifest, job.model, exporter, result, images, progress)
             report.artifact = final.name
             manifest = write_manifest(tmp, {**manifest, "parity": report.as_dict()})
         commit(tmp, final)
@@ -115,108 +107,38 @@ def export(
     return ExportOutcome(final, manifest, report)
 
 
-def gate_float_twin(result, manifest: dict, model, images):
-    """Write the exporter's float twin (see ``ExportResult.float_twin``) into a scratch folder outside
-    the artifact, give it an fp32 manifest, and run the gate on it."""
-    import tempfile
+def gate(folder: Path, manifest: dict, model, exporter, result: ExportResult, images=None,
+         progress: Callable[[str], None] = lambda msg: None):
+    """The parity report of a freshly exported artifact; reduced precision also gates its float graph."""
+    from lightdeploy.parity import run_parity
 
+    report = run_parity(folder, model=model, images=images, estimator=exporter.estimator)
+    if result.float_twin is not None:
+        progress("gating the float graph before reduced precision (fp32 row)")
+        report.add_float_graph(_gate_float_twin(result, manifest, model, images, exporter.estimator))
+    return report
+
+
+def _gate_float_twin(result: ExportResult, manifest: dict, model, images, estimator):
+    """Write the exporter's float twin (``ExportResult.float_twin``) into a scratch folder outside the
+    artifact, give it an fp32 manifest, and run the gate on it."""
     from lightdeploy.artifact import write_manifest
     from lightdeploy.parity import run_parity
 
     with tempfile.TemporaryDirectory(prefix="lightdeploy-float-twin-") as scratch:
         folder = Path(scratch)
-        result.float_twin(folder)
+        backend_file = result.float_twin(folder)
         keep = {k: v for k, v in manifest.items() if k not in ("files", "parity")}
-        write_manifest(folder, {**keep, "precision": "fp32"})
-        return run_parity(folder, model=model, images=images)
+        write_manifest(folder, {**keep, "precision": "fp32", "backend_file": backend_file})
+        return run_parity(folder, model=model, images=images, estimator=estimator)
 
 
-def _output_names(spec, options: ExportOptions) -> tuple[str, ...]:
-    names = tuple(spec.outputs)
-    if options.extra.get("raw_heads"):
-        if not spec.raw_outputs:
-            raise UsageError(f"--raw-heads is for detectors; {spec.name} has no raw head outputs.")
-        names += tuple(spec.raw_outputs)
-    return names
+def parity(folder: str | Path, *, images=None, threads: int | None = None, model=None):
+    """Re-run the gate on an exported artifact: eager is rebuilt from its manifest unless given, and a
+    backend that cannot run here is judged by its exporter's estimator."""
+    from lightdeploy.parity import run_parity
+    from lightdeploy.runtimes.manifest import read_manifest
 
-
-def _manifest(job: ExportJob, result, model, num_classes, weights, seed) -> dict:
-    from lightdeploy import __version__
-    from lightdeploy.runtimes.manifest import sha256
-
-    spec, options = job.spec, job.options
-    weights_entry = None
-    if weights is not None:
-        weights_entry = {"path": str(Path(weights).resolve()), "sha256": sha256(Path(weights))}
-    pre = job.preprocessing()
-    pre["size_multiple"] = spec.stride
-    return {
-        "lightdeploy_version": __version__,
-        "model": spec.name,
-        "family": spec.family,
-        "task": spec.task,
-        "description": spec.description,
-        "num_classes": num_classes or spec.num_classes,
-        "class_names": _class_names(spec, num_classes or spec.num_classes),
-        "target": options.target,
-        "backend": result.backend,
-        "precision": options.precision,
-        "backend_file": result.backend_file,
-        "inputs": result.inputs,
-        "outputs": result.outputs,
-        "preprocessing": pre,
-        "source": {
-            "model": spec.name,
-            "num_classes": num_classes or spec.num_classes,
-            "input_size": list(options.input_size),
-            "weights": weights_entry,
-            "seed": seed if weights is None else None,
-            "bn_statistics": "user weights" if weights else "re-estimated on the sample photographs",
-        },
-        "export_options": options.as_dict(),
-        "versions": _versions(),
-        "backend_info": result.info,
-        "notes": list(result.info.get("notes", [])),  # printed by `lightdeploy export` under the result
-    }
-
-
-def _class_names(spec, num_classes: int) -> list[str] | None:
-    """The dataset's names when the head still has the dataset's class count."""
-    names = spec.class_names
-    return list(names) if names and len(names) == num_classes else None
-
-
-def _versions() -> dict:
-    out = {"python": platform.python_version()}
-    for pkg in ("torch", "onnx", "onnxscript", "onnxsim", "onnxruntime", "openvino", "nncf",
-                "litert-torch", "ai-edge-litert", "ai-edge-quantizer", "tensorrt"):
-        try:
-            out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            pass
-    return out
-
-
-def eager_from_manifest(manifest: dict):
-    """Rebuild the eager model an artifact was exported from (for ``lightdeploy parity DIR``)."""
-    from lightdeploy.factory import create_model
-    from lightdeploy.models.registry import get_spec
-    from lightdeploy.runtimes.manifest import sha256
-
-    src = manifest["source"]
-    weights = src.get("weights")
-    path = None
-    if weights:
-        path = Path(weights["path"])
-        if not path.is_file():
-            raise UsageError(
-                f"The artifact was exported from weights {str(path)!r}, which no longer exist; parity needs "
-                "them to rebuild the eager model. Put the file back or re-export."
-            )
-        if sha256(path) != weights["sha256"]:
-            raise UsageError(f"Weights {str(path)!r} changed since export (sha256 differs); re-export the artifact.")
-    model = create_model(src["model"], num_classes=src["num_classes"], weights=path,
-                         input_size=tuple(src["input_size"]), seed=src.get("seed") or 0)
-    spec = get_spec(src["model"])
-    extra = manifest.get("export_options", {}).get("extra", {})
-    return spec.export_wrapper(model, extra) if spec.export_wrapper else model
+    manifest = read_manifest(folder, verify=True)
+    exporter = exporter_for_backend(manifest["backend"])
+    return run_parity(folder, model=model, images=images, threads=threads, estimator=exporter.estimator)

@@ -1,6 +1,6 @@
 """Detector wrapper: resize/normalise from the manifest, run, return boxes in original image pixels.
 
-Every detector artifact ends in the same four outputs (design.md): ``boxes [B, K, 4]`` (x1, y1, x2,
+Every detector artifact ends in the same four outputs (docs/design.md#custom-ops): ``boxes [B, K, 4]`` (x1, y1, x2,
 y2 in the network input's pixels), ``scores [B, K]``, ``labels [B, K]`` and ``num_detections [B]``;
 the first ``num_detections`` slots are valid.  The wrapper reads only those, by name, so it gives
 the same structure for every backend (and ignores raw head outputs an artifact may also carry).

@@ -7,23 +7,22 @@ from pathlib import Path
 import numpy as np
 
 from lightdeploy.errors import require
-from lightdeploy.runtimes.base import RuntimeBase, TensorSpec
-
-_ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int64)": "int64",
-              "tensor(int32)": "int32", "tensor(uint8)": "uint8", "tensor(int8)": "int8", "tensor(bool)": "bool"}
+from lightdeploy.runtimes.base import RuntimeBase, TensorSpec, onnx_type_to_numpy
 
 
 class OnnxRuntimeBackend(RuntimeBase):
     backend = "onnxruntime"
 
-    def __init__(self, model_path: str | Path, threads: int | None = None):
+    def __init__(self, model: str | Path | bytes, threads: int | None = None):
+        """``model``: an .onnx file, or a serialised ModelProto (graphs made in memory, e.g. estimates)."""
         ort = require("onnxruntime", package="onnxruntime", extra="onnx", purpose="Running ONNX artifacts")
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
         options.log_severity_level = 3
-        self._session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+        source = model if isinstance(model, bytes) else str(model)
+        self._session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
         super().__init__(
             [_spec(i) for i in self._session.get_inputs()], [_spec(o) for o in self._session.get_outputs()]
         )
@@ -35,7 +34,7 @@ class OnnxRuntimeBackend(RuntimeBase):
 
 def _spec(node) -> TensorSpec:
     shape = tuple(d if isinstance(d, int) else None for d in node.shape)
-    return TensorSpec(node.name, shape, _ORT_TYPES.get(node.type, node.type))
+    return TensorSpec(node.name, shape, onnx_type_to_numpy(node.type))
 
 
 def open_artifact(folder: Path, manifest: dict, threads: int | None = None) -> OnnxRuntimeBackend:

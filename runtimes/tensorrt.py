@@ -19,36 +19,17 @@ from pathlib import Path
 import numpy as np
 
 from lightdeploy.errors import ArtifactError, MissingDependencyError
+from lightdeploy.runtimes._tensorrt_env import PLAN_FILE, cuda_check, gpu_info, import_cudart, import_tensorrt
 from lightdeploy.runtimes.base import RuntimeBase, TensorSpec
-
-PLAN_FILE = "trt_plan.json"
-
-
-def _tensorrt():
-    from lightdeploy.exporters.tensorrt_build import import_tensorrt
-
-    return import_tensorrt()
-
-
-def _cudart():
-    from lightdeploy.exporters.tensorrt_build import import_cudart
-
-    return import_cudart()
-
-
-def _check(result):
-    from lightdeploy.exporters.tensorrt_build import cuda_check
-
-    return cuda_check(result)
 
 
 class TensorRTBackend(RuntimeBase):
     backend = "tensorrt"
 
     def __init__(self, engine_path: str | Path, expected_version: str | None = None):
-        trt = _tensorrt()
+        trt = import_tensorrt()
         self._trt = trt
-        self._cudart = _cudart()
+        self._cudart = import_cudart()
         if expected_version and expected_version != trt.__version__:
             raise ArtifactError(
                 f"The engine {Path(engine_path).name} was built with TensorRT {expected_version}; TensorRT "
@@ -66,7 +47,7 @@ class TensorRTBackend(RuntimeBase):
                 "version or for another GPU?). Rebuild it with `lightdeploy build DIR`."
             )
         self._context = self._engine.create_execution_context()
-        self._stream = _check(self._cudart.cudaStreamCreate())
+        self._stream = cuda_check(self._cudart.cudaStreamCreate())
         self._buffers: dict[str, tuple[int, int]] = {}  # name -> (device pointer, bytes)
         inputs, outputs = [], []
         for i in range(self._engine.num_io_tensors):
@@ -81,8 +62,8 @@ class TensorRTBackend(RuntimeBase):
         ptr, size = self._buffers.get(name, (0, 0))
         if size < nbytes:
             if ptr:
-                _check(self._cudart.cudaFree(ptr))
-            ptr = int(_check(self._cudart.cudaMalloc(max(nbytes, 1))))
+                cuda_check(self._cudart.cudaFree(ptr))
+            ptr = int(cuda_check(self._cudart.cudaMalloc(max(nbytes, 1))))
             self._buffers[name] = (ptr, nbytes)
         return ptr
 
@@ -93,7 +74,7 @@ class TensorRTBackend(RuntimeBase):
             arr = feeds[spec.name]
             self._context.set_input_shape(spec.name, tuple(arr.shape))
             ptr = self._device(spec.name, arr.nbytes)
-            _check(cudart.cudaMemcpyAsync(ptr, arr.ctypes.data, arr.nbytes, h2d, self._stream))
+            cuda_check(cudart.cudaMemcpyAsync(ptr, arr.ctypes.data, arr.nbytes, h2d, self._stream))
             self._context.set_tensor_address(spec.name, ptr)
         results = {}
         for spec in self.outputs:
@@ -107,8 +88,8 @@ class TensorRTBackend(RuntimeBase):
         if not self._context.execute_async_v3(int(self._stream)):
             raise ArtifactError("TensorRT failed to enqueue the engine (execute_async_v3 returned False).")
         for name, out in results.items():
-            _check(cudart.cudaMemcpyAsync(out.ctypes.data, self._buffers[name][0], out.nbytes, d2h, self._stream))
-        _check(cudart.cudaStreamSynchronize(self._stream))
+            cuda_check(cudart.cudaMemcpyAsync(out.ctypes.data, self._buffers[name][0], out.nbytes, d2h, self._stream))
+        cuda_check(cudart.cudaStreamSynchronize(self._stream))
         return results
 
     def close(self) -> None:
@@ -137,9 +118,9 @@ def _engine_for_plan(folder: Path) -> tuple[Path, str]:
     """Build (first time) or find the cached engine of a plan artifact on this GPU machine."""
     import json
 
-    from lightdeploy.exporters.tensorrt_build import build_engine, engine_key, gpu_info
+    from lightdeploy.runtimes._tensorrt_build import build_engine, engine_key
 
-    trt = _tensorrt()
+    trt = import_tensorrt()
     gpu = gpu_info()
     plan = json.loads((folder / PLAN_FILE).read_text())  # hashed with the artifact (read_manifest verified it)
     key = engine_key(folder, plan, trt.__version__, gpu)

@@ -16,16 +16,15 @@ import copy
 import numpy as np
 import pytest
 import torch
+from conftest import registered
 from torch import nn
 
 import lightdeploy.factory as factory
-from lightdeploy.models.registry import get_spec
 from lightdeploy.models._detection import STANDARD_OUTPUTS
-from lightdeploy.parity.inputs import RANDOM_INPUTS, RANDOM_SEED
+from lightdeploy.models.registry import get_spec
 from lightdeploy.parity.gate import compare
+from lightdeploy.parity.inputs import RANDOM_INPUTS, RANDOM_SEED
 from lightdeploy.parity.tolerances import tolerance_for
-
-from conftest import registered
 
 
 @pytest.fixture(autouse=True)
@@ -186,7 +185,10 @@ def test_reduced_precision_rows_fail_broken_exports(name, mutation, precision):
     ref = logits(model, x)
     broken = _shuffle_off(model, x) if mutation == "shuffle_off" else MUTATIONS[mutation](model, x)
     manifest = {"task": "classify", "model": name, "backend": "openvino", "precision": precision}
-    per_input = lambda t: [row[None] for row in t.numpy()]  # as the gate holds them: one array per input
+
+    def per_input(t):  # as the gate holds them: one array per input
+        return [row[None] for row in t.numpy()]
+
     report = compare({"logits": per_input(ref)}, {"logits": per_input(broken)}, manifest,
                      tolerance_for("openvino", precision), [f"photo{i}" for i in range(len(x))])
     assert not report.passed, report.summary()

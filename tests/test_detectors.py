@@ -13,13 +13,12 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from conftest import run_cli
 
-from lightdeploy.models import get_spec, list_models
 from lightdeploy.models import _detection as det
+from lightdeploy.models import get_spec, list_models
 from lightdeploy.parity.detection import detect_checks, iou_matrix
 from lightdeploy.parity.tolerances import tolerance_for
-
-from conftest import run_cli
 
 DETECTORS = ("thundernet_snet49", "thundernet_snet146", "thundernet_snet535", "lighthead_rcnn")
 K = det.MAX_DETECTIONS
@@ -106,14 +105,14 @@ def test_dynamic_batch_is_refused_with_the_reason(tmp_path):
 
 def test_export_wrapper_and_raw_output_names():
     from lightdeploy.exporters.base import ExportOptions
+    from lightdeploy.jobs import output_names
     from lightdeploy.models.registry import get_spec
-    from lightdeploy.pipeline import _output_names
 
     model = build("thundernet_snet49", (64, 64))
     assert det.export_wrapper(model, {}) is model
     assert isinstance(det.export_wrapper(model, {"raw_heads": True}), det.RawHeads)
     spec = get_spec("thundernet_snet49")
-    names = _output_names(spec, ExportOptions(target="onnx", extra={"raw_heads": True}))
+    names = output_names(spec, ExportOptions(target="onnx", extra={"raw_heads": True}))
     assert names == det.STANDARD_OUTPUTS + det.RAW_OUTPUTS
 
 
@@ -140,7 +139,7 @@ def test_macs_by_part_thundernet():
     total = parts.pop("total")
     assert set(parts) == {"backbone", "cem", "rpn", "sam", "head"}
     assert sum(parts.values()) == total  # every counted MAC belongs to one part
-    # models.md §4 "Head cost at 320x320, SNet146 [C] by hand"
+    # docs/models.md §4 "Head cost at 320x320, SNet146 [C] by hand"
     assert abs(parts["cem"] - 38.8e6) / 38.8e6 < 0.03
     assert abs(parts["sam"] - 25.1e6) / 25.1e6 < 0.03
     assert abs(parts["backbone"] - 328e6) / 328e6 < 0.03
@@ -290,9 +289,9 @@ def test_raw_heads_artifact_and_parity(raw_artifact):
     assert manifest["export_options"]["extra"]["raw_heads"] is True
     shapes = {o["name"]: o["shape"] for o in manifest["outputs"]}
     assert shapes["boxes"] == [1, K, 4] and shapes["num_detections"] == [1] and shapes["rcnn_logits"] == [1, 200, 81]
+    from lightdeploy.factory import eager_from_manifest
     from lightdeploy.parity import gate
     from lightdeploy.parity.inputs import parity_inputs, to_batches
-    from lightdeploy.pipeline import eager_from_manifest
     from lightdeploy.runtimes import open_runtime
 
     model = eager_from_manifest(manifest)

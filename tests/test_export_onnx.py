@@ -6,12 +6,11 @@ import json
 
 import onnx
 import pytest
+from conftest import registered, small_size
 
 from lightdeploy.errors import UsageError
 from lightdeploy.models.registry import get_spec
 from lightdeploy.pipeline import export
-
-from conftest import registered, small_size
 
 
 @pytest.mark.parametrize("name", registered())

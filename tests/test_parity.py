@@ -9,7 +9,7 @@ from xml.etree import ElementTree as ET
 import numpy as np
 import onnx
 import pytest
-from onnx import helper, numpy_helper
+from onnx import numpy_helper
 
 from lightdeploy.artifact import write_manifest
 from lightdeploy.errors import UsageError
@@ -21,7 +21,7 @@ def test_table_has_a_row_per_backend_and_precision():
     for backend in ("openvino", "tflite", "tensorrt"):
         for precision in ("fp32", "fp16", "int8"):
             assert (backend, precision) in TABLE
-    assert TABLE[("onnxruntime", "fp32")].cosine_min == 0.99999  # design.md
+    assert TABLE[("onnxruntime", "fp32")].cosine_min == 0.99999  # docs/design.md#tolerance-table
     assert TABLE[("openvino", "fp16")].cosine_min == 0.999
     assert TABLE[("tflite", "int8")].cosine_min == 0.98
     with pytest.raises(UsageError, match="No tolerance row"):

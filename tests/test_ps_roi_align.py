@@ -1,7 +1,7 @@
 """lightdeploy::ps_roi_align: eager vs a slow loop port of torchvision's CPU kernel; every ONNX
 lowering in onnxruntime vs eager; the decomposition vs eager.
 
-ONNX tolerance (the fp32 parity rule of design.md): max abs err <= 1e-4 * max|ref| + 1e-5.
+ONNX tolerance (the fp32 parity rule of docs/design.md#tolerance-table): max abs err <= 1e-4 * max|ref| + 1e-5.
 Eager vs the float64 loop reference: the same rule (float32 vs float64 rounding only).
 """
 

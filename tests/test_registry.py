@@ -1,18 +1,17 @@
-"""The registry and the zoo: names, errors, forward shapes and fidelity to models.md, for every model."""
+"""The registry and the zoo: names, errors, forward shapes and fidelity to docs/models.md, for every model."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+from conftest import registered, small_size
 
 import lightdeploy
 from lightdeploy.complexity import count_macs, count_params
 from lightdeploy.errors import UsageError
 from lightdeploy.models.registry import ModelSpec, get_spec, list_models, register_model
 
-from conftest import registered, small_size
-
-DESIGN_NAMES = [  # design.md, "Model names"
+DESIGN_NAMES = [  # the founding design's model names (docs/design.md)
     "mobilenetv2", "mobilenetv2_x0.35", "mobilenetv2_x0.5", "mobilenetv2_x0.75", "mobilenetv2_x1.4",
     "shufflenetv2", "shufflenetv2_x0.5", "shufflenetv2_x1.5", "shufflenetv2_x2.0",
     "snet49", "snet146", "snet535",
@@ -71,7 +70,7 @@ def test_forward_shapes(name):
 
 @pytest.mark.parametrize("name", [n for n in registered() if get_spec(n).reference is not None])
 def test_params_and_macs_match_models_md(name):
-    """Within 3% of the computed [C] values of models.md (counted on the meta device)."""
+    """Within 3% of the computed [C] values of docs/models.md (counted on the meta device)."""
     spec = get_spec(name)
     ref = spec.reference
     with torch.device("meta"):

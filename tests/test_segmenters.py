@@ -1,7 +1,7 @@
 """Fidelity tests for the segmenters (BiSeNet, DFANet): size, complexity, output contract, export.
 
-Params and MACs are checked against models.md's **computed [C]** rows (within 3%), never against the
-[M] recollections (5.8M / 49.0M / 7.8M / 4.8M look like fp32 megabytes, models.md §5 and §6).
+Params and MACs are checked against docs/models.md's **computed [C]** rows (within 3%), never against the
+[M] recollections (5.8M / 49.0M / 7.8M / 4.8M look like fp32 megabytes, docs/models.md §5 and §6).
 MACs are counted by ``lightdeploy.complexity.count_macs`` (FlopCounterMode: conv and linear
 multiply-adds; BN, ReLU, resizes, adds and argmax count zero, as in the [C] counter), on the meta
 device so that the full-size counts cost no arithmetic.
@@ -17,7 +17,7 @@ from lightdeploy.complexity import count_macs, count_params
 from lightdeploy.models import get_spec, list_models
 
 SEGMENTERS = ("bisenet_xception39", "bisenet_resnet18", "dfanet_a", "dfanet_b")
-REL_TOL = 0.03  # models.md: test MACs and params against [C] within 3%
+REL_TOL = 0.03  # docs/models.md: test MACs and params against [C] within 3%
 
 
 def build(name: str, num_classes: int | None = None, **extra) -> torch.nn.Module:
@@ -35,7 +35,7 @@ def macs_on_meta(name: str, size: tuple[int, int], by_module: bool = False):
 
 def assert_close(measured: float, expected: float, what: str) -> None:
     assert abs(measured - expected) <= REL_TOL * expected, (
-        f"{what}: measured {measured / 1e6:.3f}M, models.md [C] {expected / 1e6:.3f}M "
+        f"{what}: measured {measured / 1e6:.3f}M, docs/models.md [C] {expected / 1e6:.3f}M "
         f"({measured / expected - 1:+.1%})"
     )
 
@@ -61,7 +61,7 @@ def test_spec(name):
 
 
 # -------------------------------------------------------------------------------------- parameters
-# models.md §5 / §6 Numbers, "computed" rows [C]: inference structure, no auxiliary heads, 19 classes.
+# docs/models.md §5 / §6 Numbers, "computed" rows [C]: inference structure, no auxiliary heads, 19 classes.
 PARAMS = {
     "bisenet_xception39": 1.54e6,
     "bisenet_resnet18": 12.89e6,
@@ -78,7 +78,7 @@ def test_params_match_computed(name):
 
 
 # ------------------------------------------------------------------------------------------- MACs
-# models.md §5 Numbers, computed row [C], whole inference model (spatial path, context path, ARMs,
+# docs/models.md §5 Numbers, computed row [C], whole inference model (spatial path, context path, ARMs,
 # global context, FFM, main head; no aux heads): GMACs at (H, W).
 BISENET_MACS = {
     ("bisenet_xception39", (360, 640)): 3.07e9,
@@ -101,7 +101,7 @@ def test_bisenet_reference_is_the_768x1536_row():
         assert ref.macs == BISENET_MACS[(name, ref.at)]
 
 
-# models.md §6 Numbers, computed rows [C] at (H, W): (total GMACs, backbones-only GMACs).
+# docs/models.md §6 Numbers, computed rows [C] at (H, W): (total GMACs, backbones-only GMACs).
 # "Backbones" = the stem (first backbone's conv1) + the three cascaded backbones (enc2, enc3, enc4,
 # fc attention each); the rest (enc2/fca 1x1 reductions, fusion conv, classifier) is the decoder.
 # The paper's 3.4 G (A, 1024x1024) and 1.7 G (A', 512x1024) equal the backbones-only counts.

@@ -36,7 +36,7 @@ STANDARD_OUTPUTS = ("boxes", "scores", "labels", "num_detections")
 # RPN objectness logits [B, N] and deltas [B, N, 4] over all N anchors; the proposals [B, R, 4] fed
 # to the R-CNN subnet; its class logits [B, R, C + 1] (column 0 = background) and deltas [B, R, 4C].
 RAW_OUTPUTS = ("rpn_logits", "rpn_deltas", "proposals", "rcnn_logits", "rcnn_deltas")
-MAX_DETECTIONS = 100  # design.md: K = 100
+MAX_DETECTIONS = 100  # docs/design.md#custom-ops: K = 100
 # torchvision's BoxCoder clamp: exp(dw) never exceeds 1000 / 16 (random weights give big deltas).
 DELTA_CLAMP = math.log(1000.0 / 16)
 MASKED_LOGP = -1e4  # log-probability given to masked candidates (padded RoIs, tiny boxes): never kept
@@ -144,7 +144,7 @@ def rois_with_batch_index(rois: torch.Tensor) -> torch.Tensor:
 
 # ------------------------------------------------------------------------------ R-CNN post-processing
 class DetectionLayer(nn.Module):
-    """R-CNN outputs -> the fixed-size detections (design.md NMS contract).
+    """R-CNN outputs -> the fixed-size detections (docs/design.md#custom-ops, the NMS contract).
 
     Per image: log-softmax over C + 1 classes (0 = background), class-wise decode of the RoIs with
     ``stds``, clip; candidates of padded RoIs or smaller than ``min_size`` (torchvision's 1e-2 px)

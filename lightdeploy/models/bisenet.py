@@ -1,12 +1,12 @@
 """BiSeNet (Yu et al., ECCV 2018, arXiv 1808.00897): a spatial path and a context path, fused.
 
-The structure is the authors' code (ycszen/TorchSeg, ``model/bisenet/*/network.py``) as models.md §5
+The structure is the authors' code (ycszen/TorchSeg, ``model/bisenet/*/network.py``) as docs/models.md §5
 records it: a 3-conv spatial path at 1/8, a context path (Xception39 or ResNet18) refined by attention
 (ARM) plus a global-context vector, a feature fusion module (FFM), and a 3x3 + 1x1 head upsampled to
 the input size.  Auxiliary heads (training only) exist when built with ``aux_heads=True``; the deployed
-model has none, so it counts exactly what models.md's computed [C] row counts.
+model has none, so it counts exactly what docs/models.md's computed [C] row counts.
 
-Export-friendly choices (design.md): global pooling is a ``mean`` over H and W; every upsample is
+Export-friendly choices (docs/design.md#custom-ops): global pooling is a ``mean`` over H and W; every upsample is
 bilinear with ``align_corners=False`` (TorchSeg uses True; False is what TFLite's resize reproduces
 exactly) and targets the size of the tensor it joins, so exported H and W stay symbolic; the global
 context is added by broadcasting instead of an upsample from 1x1.
@@ -23,20 +23,20 @@ from lightdeploy.models.labels import CITYSCAPES
 from lightdeploy.models.registry import ModelSpec, Reference, register_alias, register_model
 
 CITYSCAPES_CLASSES = 19
-SPATIAL_CHANNELS = 64  # models.md §5 Spatial Path: 7x7/2, 3x3/2, 3x3/2 at 64 channels ...
+SPATIAL_CHANNELS = 64  # docs/models.md §5 Spatial Path: 7x7/2, 3x3/2, 3x3/2 at 64 channels ...
 CONTEXT_CHANNELS = 128  # ... then 1x1 to 128; ARM, global context and refines are 128 wide too
-HEAD_CHANNELS = 64  # models.md §5 Heads: main head 3x3 ConvBNReLU 256 -> 64
-# FFM attention reduction.  models.md §5 FFM: TorchSeg uses 1 (256 -> 256 -> 256), CoinCheung 4; the
+HEAD_CHANNELS = 64  # docs/models.md §5 Heads: main head 3x3 ConvBNReLU 256 -> 64
+# FFM attention reduction.  docs/models.md §5 FFM: TorchSeg uses 1 (256 -> 256 -> 256), CoinCheung 4; the
 # paper's value is NOT FOUND.  1 is the authors' code and reproduces the [C] params (1.54M / 12.89M);
 # 4 would give 1.44M / 12.79M (-6.4% / -0.8%), outside the 3% tolerance for Xception39.
 FFM_REDUCTION = 1
 
-# models.md §5 Context Path, Xception39 (TorchSeg): stem 3x3/2 to 8 channels + maxpool 3x3/2, then
+# docs/models.md §5 Context Path, Xception39 (TorchSeg): stem 3x3/2 to 8 channels + maxpool 3x3/2, then
 # three stages of (blocks, mid channels); each block outputs 4 x mid (64 / 128 / 256 at 1/8, 1/16, 1/32).
 XCEPTION39_STEM = 8
 XCEPTION39_STAGES = ((4, 16), (8, 32), (4, 64))
 XCEPTION_EXPANSION = 4
-# ResNet18 (He et al.; models.md §5 "ResNet18 variant: 256 at 1/16, 512 at 1/32"): stem 7x7/2 to 64
+# ResNet18 (He et al.; docs/models.md §5 "ResNet18 variant: 256 at 1/16, 512 at 1/32"): stem 7x7/2 to 64
 # + maxpool, then four stages of two basic blocks at 64 / 128 / 256 / 512 channels.
 RESNET18_STAGES = ((2, 64), (2, 128), (2, 256), (2, 512))
 
@@ -67,7 +67,7 @@ def global_average(x: torch.Tensor) -> torch.Tensor:
 
 # ------------------------------------------------------------------------------------------ blocks
 class SeparableConvBN(nn.Sequential):
-    """Xception39's separable conv: depthwise 3x3 (no BN), then 1x1 + BN (+ ReLU) (models.md §5)."""
+    """Xception39's separable conv: depthwise 3x3 (no BN), then 1x1 + BN (+ ReLU) (docs/models.md §5)."""
 
     def __init__(self, inp: int, oup: int, stride: int = 1, relu: bool = True):
         super().__init__(
@@ -135,7 +135,7 @@ class FeatureFusion(nn.Module):
     def __init__(self, inp: int, oup: int, reduction: int = FFM_REDUCTION):
         super().__init__()
         self.conv = ConvBNReLU(inp, oup, kernel=1)
-        # No BN in the attention branch (models.md §5 FFM).
+        # No BN in the attention branch (docs/models.md §5 FFM).
         self.attention = nn.Sequential(
             nn.Conv2d(oup, oup // reduction, 1, bias=False),
             nn.ReLU(inplace=True),
@@ -224,7 +224,7 @@ class ResNet18(nn.Module):
 
 
 BACKBONES = {"xception39": Xception39, "resnet18": ResNet18}
-# models.md §5 Heads: auxiliary 3x3 ConvBNReLU width, 128 for Xception39 and 256 for ResNet18.
+# docs/models.md §5 Heads: auxiliary 3x3 ConvBNReLU width, 128 for Xception39 and 256 for ResNet18.
 AUX_HEAD_CHANNELS = {"xception39": 128, "resnet18": 256}
 
 
@@ -233,7 +233,7 @@ class BiSeNet(nn.Module):
     """BiSeNet; eval forward returns ``(logits [N, classes, H, W], mask [N, H, W] int64)``.
 
     In training mode with ``aux_heads=True`` it returns ``(main, aux16, aux8)`` logits at input size,
-    the three terms of the paper's loss (models.md §5 Heads).
+    the three terms of the paper's loss (docs/models.md §5 Heads).
     """
 
     def __init__(self, num_classes: int = CITYSCAPES_CLASSES, backbone: str = "xception39", aux_heads: bool = False):
@@ -278,7 +278,7 @@ def _build(num_classes: int = CITYSCAPES_CLASSES, backbone: str = "xception39", 
     return BiSeNet(num_classes=num_classes, backbone=backbone, aux_heads=aux_heads)
 
 
-# name -> (backbone, [C] GMACs at 768x1536, [C] params), models.md §5 Numbers, "computed" row (TorchSeg
+# name -> (backbone, [C] GMACs at 768x1536, [C] params), docs/models.md §5 Numbers, "computed" row (TorchSeg
 # structure, no aux heads, 19 classes).  768x1536 is the row's size that is a multiple of the stride.
 _VARIANTS = {
     "bisenet_xception39": ("xception39", 15.62e9, 1.54e6),
@@ -303,7 +303,7 @@ for _name, (_backbone, _macs, _params) in _VARIANTS.items():
         outputs=("logits", "mask"),
         class_names=CITYSCAPES,
         description=f"BiSeNet, {_backbone} context path (TorchSeg structure; Cityscapes 19 classes)",
-        reference=Reference(_macs, _params, "models.md §5 computed row [C]", at=(768, 1536)),
+        reference=Reference(_macs, _params, "docs/models.md §5 computed row [C]", at=(768, 1536)),
     ))
 
 register_alias("bisenet", "bisenet_xception39")

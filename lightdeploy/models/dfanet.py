@@ -1,7 +1,7 @@
 """DFANet (Li et al., CVPR 2019, arXiv 1904.02216): deep feature aggregation over three cascaded
 lightweight Xception backbones.
 
-The paper's full tables were not available; the structure is the one models.md §6 records from the
+The paper's full tables were not available; the structure is the one docs/models.md §6 records from the
 reimplementations (Tramac/awesome-semantic-segmentation-pytorch ``core/models/dfanet.py``, huaifeng1993,
 jandylin), which reproduces the paper's 3.4 / 1.7 GFLOPs for backbone A exactly when only the three
 backbones are counted:
@@ -12,7 +12,7 @@ backbones are counted:
 - decoder: the three enc2 outputs and the three fc-attention outputs, reduced to 32 channels and
   summed at 1/4, a 1x1 classifier, x4 upsample.
 
-Export-friendly choices (design.md): global pooling is a ``mean``; every upsample is bilinear with
+Export-friendly choices (docs/design.md#custom-ops): global pooling is a ``mean``; every upsample is bilinear with
 ``align_corners=False`` (the reimplementations use True; False is what TFLite's resize reproduces
 exactly) and targets the size of the tensor it joins, so exported H and W stay symbolic.
 Layout: helpers, blocks, backbone, model, builders.
@@ -28,19 +28,19 @@ from lightdeploy.models.labels import CITYSCAPES
 from lightdeploy.models.registry import ModelSpec, Reference, register_alias, register_model
 
 CITYSCAPES_CLASSES = 19
-STEM_CHANNELS = 8  # models.md §6 backbone table, conv1: 3x3, 8, stride 2
+STEM_CHANNELS = 8  # docs/models.md §6 backbone table, conv1: 3x3, 8, stride 2
 ENCODER_BLOCKS = (4, 6, 4)  # enc2, enc3, enc4 repeats (same table)
 # Output channels of enc2 / enc3 / enc4; each block's inner separable convs are a quarter of that.
-# Backbone A: models.md §6 backbone table, column A, [R] (reimplementations).
+# Backbone A: docs/models.md §6 backbone table, column A, [R] (reimplementations).
 # Backbone B: same table, column B, tagged [M]: recalled, NOT verified against the paper (no source
 # gives B's channels).  Built as recalled; it computes to 1.72 GMACs for the backbones, not the
-# recalled 2.1G (models.md §6 verification note), so treat B as approximate.
+# recalled 2.1G (docs/models.md §6 verification note), so treat B as approximate.
 ENCODER_CHANNELS = {
     "a": (48, 96, 192),
     "b": (32, 64, 128),
 }
-FC_ATTENTION_CLASSES = 1000  # the FC is the backbone's ImageNet classifier (models.md §6, fc attention)
-DECODER_CHANNELS = 32  # models.md §6 Decoder (reimplementations); the paper's width is NOT FOUND
+FC_ATTENTION_CLASSES = 1000  # the FC is the backbone's ImageNet classifier (docs/models.md §6, fc attention)
+DECODER_CHANNELS = 32  # docs/models.md §6 Decoder (reimplementations); the paper's width is NOT FOUND
 NUM_BACKBONES = 3
 
 
@@ -82,7 +82,7 @@ class XceptionBlock(nn.Module):
     """Three ReLU-separable-conv steps (in -> out/4, out/4 -> out/4, out/4 -> out at ``stride``) plus
     a shortcut: identity, or 1x1/stride conv + BN where the shape changes (Tramac / huaifeng ``BlockA``).
 
-    The stride sits in the last separable conv, as in Tramac and huaifeng (models.md §6 notes).  The
+    The stride sits in the last separable conv, as in Tramac and huaifeng (docs/models.md §6 notes).  The
     ReLU opens each step (Xception's pre-activation order) and the shortcut takes the block's input
     as it is: Xception's form, without the reimplementations' in-place ReLU side effect on the input.
     """
@@ -112,7 +112,7 @@ def encoder_stage(inp: int, oup: int, blocks: int) -> nn.Sequential:
 
 
 class FCAttention(nn.Module):
-    """fc attention (models.md §6): GAP, FC C -> 1000 (the ImageNet classifier), 1x1 conv 1000 -> C
+    """fc attention (docs/models.md §6): GAP, FC C -> 1000 (the ImageNet classifier), 1x1 conv 1000 -> C
     + BN + ReLU, then channel-wise multiply with the input."""
 
     def __init__(self, channels: int):
@@ -139,7 +139,7 @@ class Backbone(nn.Module):
 
     The first backbone's enc2 reads the stem; a later backbone's enc2 reads the sub-network
     aggregate (built by ``DFANet.forward``) and its enc3 / enc4 also read the previous backbone's
-    enc3 / enc4 (sub-stage aggregation, models.md §6).
+    enc3 / enc4 (sub-stage aggregation, docs/models.md §6).
     """
 
     def __init__(self, channels: tuple[int, int, int], first: bool):
@@ -180,7 +180,7 @@ class DFANet(nn.Module):
         c2, _, c4 = channels
         self.stem = ConvBNReLU(3, STEM_CHANNELS, kernel=3, stride=2)  # conv1 of the first backbone
         self.backbones = nn.ModuleList([Backbone(channels, first=(i == 0)) for i in range(NUM_BACKBONES)])
-        # Decoder (models.md §6): reduce each enc2 and fca output to 32 channels; fuse the enc2 sum.
+        # Decoder (docs/models.md §6): reduce each enc2 and fca output to 32 channels; fuse the enc2 sum.
         self.enc2_reduce = nn.ModuleList([ConvBNReLU(c2, DECODER_CHANNELS) for _ in range(NUM_BACKBONES)])
         self.fca_reduce = nn.ModuleList([ConvBNReLU(c4, DECODER_CHANNELS) for _ in range(NUM_BACKBONES)])
         self.fusion = ConvBNReLU(DECODER_CHANNELS, DECODER_CHANNELS)
@@ -214,7 +214,7 @@ def _build(num_classes: int = CITYSCAPES_CLASSES, variant: str = "a") -> DFANet:
     return DFANet(num_classes=num_classes, variant=variant)
 
 
-# name -> (variant, [C] total MACs at 1024x1024, [C] params), models.md §6 Numbers, "computed" rows.
+# name -> (variant, [C] total MACs at 1024x1024, [C] params), docs/models.md §6 Numbers, "computed" rows.
 # Total = backbones + decoder (3.67G for A); the paper's 3.4G is the backbones alone (3.40G), which
 # tests/test_segmenters.py checks separately.
 _VARIANTS = {
@@ -239,7 +239,7 @@ for _name, (_variant, _macs, _params) in _VARIANTS.items():
         class_names=CITYSCAPES,
         description=f"DFANet {_variant.upper()} (three cascaded Xception backbones, fc attention; "
                     "reimplementation structure; Cityscapes 19 classes)",
-        reference=Reference(_macs, _params, "models.md §6 computed row [C]", at=(1024, 1024)),
+        reference=Reference(_macs, _params, "docs/models.md §6 computed row [C]", at=(1024, 1024)),
     ))
 
 register_alias("dfanet", "dfanet_a")

@@ -1,8 +1,8 @@
 """Light-Head R-CNN, setting S (Li et al., arXiv 1711.07264): Xception-like backbone + thin-map head.
 
-models.md §3.  What is built, and from which row:
+docs/models.md §3.  What is built, and from which row:
 
-- **Backbone** (models.md §3 row "S-model backbone table" [R]; MACs [M] unverified):
+- **Backbone** (docs/models.md §3 row "S-model backbone table" [R]; MACs [M] unverified):
 
       stage   output (224 in)  operator                         channels  repeat
       conv1   112x112          3x3 conv /2, BN, ReLU                  24       1
@@ -24,7 +24,7 @@ models.md §3.  What is built, and from which row:
   algorithm" [P high-speed list], so the thin map is not dilated back to stride 16 as in the
   ResNet-101 L setting, and PSRoIAlign reads it with spatial scale 1/32.
 - **PSRoIAlign** 10 x 7 x 7 (torchvision semantics: average of 2 x 2 samples, -0.5 offset; the
-  official kernel takes the max with no offset [O], see models.md §3 warning), sampling ratio 2.
+  official kernel takes the max with no offset [O], see docs/models.md §3 warning), sampling ratio 2.
 - **R-CNN subnet**: **one 2048-d fc** + ReLU [S]/[O] (``ps_fc_1``), then class (C + 1) and class-wise
   box (4C) layers; decode stds (0.1, 0.1, 0.2, 0.2) [O], score threshold 0.05, NMS 0.5 [O], K = 100.
 

@@ -12,7 +12,7 @@ from torch import nn
 
 from lightdeploy.models.registry import ModelSpec, Reference, register_model
 
-# models.md §1, the paper's Table 2 as torchvision writes it: (t expansion, c channels, n repeats, s stride).
+# docs/models.md §1, the paper's Table 2 as torchvision writes it: (t expansion, c channels, n repeats, s stride).
 INVERTED_RESIDUAL_SETTING = (
     (1, 16, 1, 1),
     (6, 24, 2, 2),
@@ -29,7 +29,7 @@ DROPOUT = 0.2  # torchvision's classifier: Dropout(0.2), Linear
 
 # ----------------------------------------------------------------------------------------- helpers
 def make_divisible(value: float, divisor: int = 8) -> int:
-    """Round channels to a multiple of ``divisor``, never below 90% of ``value`` (models.md §1)."""
+    """Round channels to a multiple of ``divisor``, never below 90% of ``value`` (docs/models.md §1)."""
     new = max(divisor, int(value + divisor / 2) // divisor * divisor)
     if new < 0.9 * value:
         new += divisor
@@ -111,7 +111,7 @@ def _init_like_torchvision(model: nn.Module) -> None:
 
 
 # ---------------------------------------------------------------------------------------- builders
-# Width -> computed [C] MACs and params at 224x224 (models.md §1, "computed" row: MACs 300.8/582.2/
+# Width -> computed [C] MACs and params at 224x224 (docs/models.md §1, "computed" row: MACs 300.8/582.2/
 # 209.1/97.1/59.3M; params +BN 3.505M/6.109M; the thinner widths' params there are conv+FC only, so
 # ours add BN: 0.75 -> 2.636M, 0.5 -> 1.969M, 0.35 -> 1.677M, each within 1.5% of the table's value).
 _WIDTHS = {
@@ -139,6 +139,6 @@ for _name, (_width, _macs, _params) in _WIDTHS.items():
         num_classes=1000,
         outputs=("logits",),
         description=f"MobileNetV2 width {_width} (inverted residuals, linear bottlenecks)",
-        reference=Reference(_macs, _params, "models.md §1 computed row [C]"),
+        reference=Reference(_macs, _params, "docs/models.md §1 computed row [C]"),
         torchvision_arch="mobilenet_v2",
     ))

@@ -7,8 +7,8 @@ the closest names, as torchvision's and timm's registries do.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from lightdeploy.errors import UsageError, unknown_name_error
 
@@ -21,9 +21,9 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 class Reference:
     """A published or computed complexity figure that a test checks the built model against.
 
-    ``macs`` and ``params`` are the **[C]** values of models.md (computed from the architecture
+    ``macs`` and ``params`` are the **[C]** values of docs/models.md (computed from the architecture
     tables); ``source`` names the table or row they come from; ``at`` is the input size (H, W) the
-    MACs are counted at; ``rel_tol`` the accepted relative difference (3% per the spine issue).
+    MACs are counted at; ``rel_tol`` the accepted relative difference (3%, docs/models.md: "within 3%").
     """
 
     macs: float | None

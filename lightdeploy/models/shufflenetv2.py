@@ -1,6 +1,6 @@
 """ShuffleNet V2 (Ma et al., ECCV 2018, arXiv 1807.11164): channel split and channel shuffle.
 
-Module names and the stride-2 unit follow torchvision's ``shufflenet_v2_x*`` (models.md §2 lists two
+Module names and the stride-2 unit follow torchvision's ``shufflenet_v2_x*`` (docs/models.md §2 lists two
 published stride-2 units; this one loads torchvision checkpoints key for key and computes the same
 ops in the same order).  Its computed MACs are therefore the "torchvision unit" column of §2.
 Layout: helpers, blocks, model, builders.
@@ -14,8 +14,8 @@ from torch import nn
 from lightdeploy.models.registry import ModelSpec, Reference, register_model
 from lightdeploy.ops.channel_shuffle import channel_shuffle
 
-STAGE_REPEATS = (4, 8, 4)  # models.md §2: stage2/3/4 repeat 1 + 3, 1 + 7, 1 + 3
-# models.md §2 table, columns 0.5x / 1x / 1.5x / 2x: conv1, stage2, stage3, stage4, conv5 channels.
+STAGE_REPEATS = (4, 8, 4)  # docs/models.md §2: stage2/3/4 repeat 1 + 3, 1 + 7, 1 + 3
+# docs/models.md §2 table, columns 0.5x / 1x / 1.5x / 2x: conv1, stage2, stage3, stage4, conv5 channels.
 STAGE_OUT_CHANNELS = {
     0.5: (24, 48, 96, 192, 1024),
     1.0: (24, 116, 232, 464, 1024),
@@ -78,7 +78,7 @@ class ShuffleNetV2(nn.Module):
         super().__init__()
         channels = STAGE_OUT_CHANNELS[width]
         inp = channels[0]
-        self.conv1 = nn.Sequential(  # models.md §2: conv1 3x3/2, 24 channels
+        self.conv1 = nn.Sequential(  # docs/models.md §2: conv1 3x3/2, 24 channels
             nn.Conv2d(3, inp, 3, 2, 1, bias=False), nn.BatchNorm2d(inp), nn.ReLU(inplace=True)
         )
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
@@ -102,7 +102,7 @@ class ShuffleNetV2(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------- builders
-# name -> (width, [C] MACs with the torchvision unit, [C] params incl. BN), models.md §2 table.
+# name -> (width, [C] MACs with the torchvision unit, [C] params incl. BN), docs/models.md §2 table.
 _WIDTHS = {
     "shufflenetv2": (1.0, 144.9e6, 2.279e6),
     "shufflenetv2_x0.5": (0.5, 40.5e6, 1.367e6),
@@ -127,6 +127,6 @@ for _name, (_width, _macs, _params) in _WIDTHS.items():
         num_classes=1000,
         outputs=("logits",),
         description=f"ShuffleNetV2 {_width}x (channel split, channel shuffle; torchvision unit)",
-        reference=Reference(_macs, _params, "models.md §2 table, torchvision-unit [C] column"),
+        reference=Reference(_macs, _params, "docs/models.md §2 table, torchvision-unit [C] column"),
         torchvision_arch=f"shufflenet_v2_x{str(_width).replace('.', '_')}",
     ))

@@ -1,6 +1,6 @@
 """SNet49 / SNet146 / SNet535: ThunderNet's ShuffleNetV2 backbones (Qin et al., arXiv 1903.11752).
 
-Rules (models.md §4): every depthwise conv is 5x5; SNet49 keeps a 1x1 conv5 compressed to 512
+Rules (docs/models.md §4): every depthwise conv is 5x5; SNet49 keeps a 1x1 conv5 compressed to 512
 channels; SNet146 and SNet535 drop conv5.  The units are the official Megvii-style ones [O]: the
 stride-2 "proj" branch is dw5x5/2-BN then 1x1 (inp -> inp)-BN-ReLU, and the main branch is 1x1
 (inp -> out/2), dw5x5-BN, 1x1 (-> out - inp), so the split is uneven.  Channel shuffle is written
@@ -16,9 +16,9 @@ from torch import nn
 from lightdeploy.models.registry import ModelSpec, Reference, register_model
 from lightdeploy.ops.channel_shuffle import channel_shuffle
 
-KERNEL = 5  # models.md §4: "All 3x3 depthwise convs are replaced by 5x5" (official k = 5 [O])
-STAGE_REPEATS = (4, 8, 4)  # models.md §4 SNet table: 1 + 3, 1 + 7, 1 + 3
-# models.md §4 SNet table: conv1, stage2, stage3 (C4), stage4 (C5), conv5 (None: dropped).
+KERNEL = 5  # docs/models.md §4: "All 3x3 depthwise convs are replaced by 5x5" (official k = 5 [O])
+STAGE_REPEATS = (4, 8, 4)  # docs/models.md §4 SNet table: 1 + 3, 1 + 7, 1 + 3
+# docs/models.md §4 SNet table: conv1, stage2, stage3 (C4), stage4 (C5), conv5 (None: dropped).
 SNET_CHANNELS = {
     49: (24, 60, 120, 240, 512),
     146: (24, 132, 264, 528, None),
@@ -102,7 +102,7 @@ class SNet(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------- builders
-# models.md §4 "Backbone complexity [C] at 224 including FC", Megvii-style stride-2 unit column.
+# docs/models.md §4 "Backbone complexity [C] at 224 including FC", Megvii-style stride-2 unit column.
 _DEPTHS = {49: (51.2e6, 0.876e6), 146: (162.5e6, 1.573e6), 535: (539.9e6, 4.535e6)}
 
 
@@ -122,5 +122,5 @@ for _depth, (_macs, _params) in _DEPTHS.items():
         num_classes=1000,
         outputs=("logits",),
         description=f"SNet{_depth} (ThunderNet's ShuffleNetV2, 5x5 depthwise)",
-        reference=Reference(_macs, _params, "models.md §4 SNet complexity [C], Megvii-unit column"),
+        reference=Reference(_macs, _params, "docs/models.md §4 SNet complexity [C], Megvii-unit column"),
     ))

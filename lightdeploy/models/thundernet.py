@@ -1,12 +1,12 @@
 """ThunderNet (Qin et al., ICCV 2019, arXiv 1903.11752): SNet + CEM + compressed RPN + SAM + light R-CNN.
 
-Built as the paper's Figure 2 draws it (models.md §4), with the official code's [O] details where the
+Built as the paper's Figure 2 draws it (docs/models.md §4), with the official code's [O] details where the
 paper is silent:
 
 - **Backbone**: SNet49 / SNet146 / SNet535 from the zoo (``lightdeploy.models.snet``), C4 = stage3
   (stride 16, 20x20 at 320), C5 = the last stride-32 feature.  For SNet146/535 C5 is stage4 (they drop
   conv5).  **For SNet49, C5 is conv5's output (512 channels), not stage4's (240)**: SNet49 is the one
-  backbone that keeps conv5 (compressed to 512, models.md §4 design rules), so conv5 is its last
+  backbone that keeps conv5 (compressed to 512, docs/models.md §4 design rules), so conv5 is its last
   stride-32 layer: taking it keeps "C5 = the backbone's final feature" uniform over the three, gives
   CEM's C5 and global branches the backbone's widest representation (512 vs 240 channels), and a
   conv5 left out of C5 would be dead weight in a detector (nothing would read it).
@@ -27,7 +27,7 @@ paper is silent:
   their papers draw them); ``rcnn_fcs=2`` builds the official variant.
 - **Post-processing**: class-wise decode (stds 0.1, 0.1, 0.2, 0.2 [O]), score threshold 0.05, NMS 0.5
   (plain greedy NMS; the official test config uses soft-NMS, which has no fixed-size ONNX form),
-  K = 100 fixed-size outputs (design.md).
+  K = 100 fixed-size outputs (docs/design.md#custom-ops).
 
 Input 320x320 [P], 80 COCO classes by default.  Stride 32 (C5 must be half of C4 for the upsample).
 """
@@ -43,7 +43,7 @@ from lightdeploy.models.labels import COCO
 from lightdeploy.models.registry import ModelSpec, register_alias, register_model
 from lightdeploy.models.snet import KERNEL, SNet
 
-ALPHA, POOLED = 5, 7  # models.md §4 PSRoIAlign: alpha = 5, p = 7 -> 245 channels
+ALPHA, POOLED = 5, 7  # docs/models.md §4 PSRoIAlign: alpha = 5, p = 7 -> 245 channels
 CEM_CHANNELS = ALPHA * POOLED * POOLED  # 245
 RPN_CHANNELS = 256  # [P] compressed RPN: 5x5 depthwise + 1x1 conv to 256
 ANCHOR_SIZES = (32, 64, 128, 256, 512)  # [S]; official scales [2, 4, 8, 16, 32] x stride 16 [O]

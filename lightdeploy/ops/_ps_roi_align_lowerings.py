@@ -13,14 +13,16 @@ import numpy as np
 
 
 def _const(array, dtype=None):
-    from onnxscript import ir, opset18 as op
+    from onnxscript import ir
+    from onnxscript import opset18 as op
 
     return op.Constant(value=ir.tensor(np.asarray(array, dtype=dtype)))
 
 
 def _split_boxes(boxes):
     """boxes [K, 5] -> (batch index [K] int64, rois [K, 4] = x1, y1, x2, y2)."""
-    from onnxscript import ir, opset18 as op
+    from onnxscript import ir
+    from onnxscript import opset18 as op
 
     batch_index = op.Cast(op.Gather(boxes, _const(0, np.int64), axis=1), to=ir.DataType.INT64)
     rois = op.Slice(boxes, _const([1], np.int64), _const([5], np.int64), _const([1], np.int64))
@@ -61,7 +63,7 @@ def onnx_roi_align_all_channels(input, boxes, pooled_height, pooled_width, spati
     """RoiAlign on all C channels -> [K, C, ph, pw], then Gather each channel's own bin.
 
     Output element (a, i, j) is channel ch = a*ph*pw + i*pw + j at bin i*pw + j, i.e. flat index
-    ch * ph * pw + ch % (ph * pw) of the [K, C * ph * pw] RoiAlign result (models.md section 7.3).
+    ch * ph * pw + ch % (ph * pw) of the [K, C * ph * pw] RoiAlign result (docs/models.md section 7.3).
     """
     from onnxscript import opset18 as op
 
@@ -148,7 +150,8 @@ def _onnx_bilinear_taps(start, bin_size, pooled: int, grid: int, size: int):
 
     start, bin_size: [K, 1] -> (index int64, weight float) [K, pooled, 2 * grid].
     """
-    from onnxscript import ir, opset18 as op
+    from onnxscript import ir
+    from onnxscript import opset18 as op
 
     bins = _const(np.arange(pooled, dtype=np.float32)[None], np.float32)  # [1, pooled]
     samples = _const((np.arange(grid, dtype=np.float32) + 0.5)[None, None], np.float32)

@@ -7,15 +7,11 @@ Schema::
         out[:, k * groups + g] = x[:, g * (C // groups) + k]
 
 Eager: reshape [N, g, C/g, H, W] -> transpose(1, 2) -> reshape [N, C, H, W] (torchvision's form).
-ONNX: one ``Gather(axis=1)`` with a constant permutation.  The alternative measured against it is
-Reshape [N, g, C/g, H*W] -> Transpose -> Reshape (written with H*W flattened so it stays 4-D).
-Measured with ``bench/channel_shuffle.py`` (ONNX Runtime 1.32, 2 threads, batch 1, best median of 5
-interleaved rounds, 2026-11-28 on the project's 2-core x86 machine): ShuffleNetV2 1.0x at 224x224,
-Gather 2.52 ms vs reshape 2.55 ms (equal within noise); the op alone on [1, 232, 14, 14] 8.8 us vs
-13.2 us and on [1, 116, 28, 28] 9.5 us vs 21.3 us.  Gather is as fast or faster, needs no shape
-arithmetic for a dynamic batch, and has no 5-D or transposed tensor, which TFLite and NPU compilers
-prefer; so Gather is the exported form.  (OpenVINO folds a channel Gather into the next Conv with
-the wrong permutation; ``exporters/openvino.py`` rewrites it, see there.)
+ONNX: one ``Gather(axis=1)`` with a constant permutation, measured as fast as or faster than the
+Reshape-Transpose-Reshape alternative (``bench/channel_shuffle.py``; docs/measurements.md#channel-shuffle);
+it needs no shape arithmetic for a dynamic batch and has no 5-D or transposed tensor, which TFLite and
+NPU compilers prefer.  (OpenVINO folds a channel Gather into the next Conv with the wrong permutation;
+``exporters/openvino/rewrites.py`` rewrites it.)
 """
 
 from __future__ import annotations
@@ -51,7 +47,8 @@ def _channel_shuffle_fake(x: torch.Tensor, groups: int) -> torch.Tensor:
 # ---------------------------------------------------------------------------------- ONNX translations
 def onnx_channel_shuffle_gather(x, groups: int):
     """``Gather(x, const perm, axis=1)``: rank 4 throughout, any batch/H/W (needs static C)."""
-    from onnxscript import ir, opset18 as op
+    from onnxscript import ir
+    from onnxscript import opset18 as op
 
     perm = shuffle_permutation(int(x.shape[1]), groups)
     return op.Gather(x, op.Constant(value=ir.tensor(perm, name="shuffle_perm")), axis=1)
@@ -59,7 +56,8 @@ def onnx_channel_shuffle_gather(x, groups: int):
 
 def onnx_channel_shuffle_reshape(x, groups: int):
     """Reshape [N, g, C/g, H*W], Transpose(0, 2, 1, 3), Reshape back to x's shape (the alternative)."""
-    from onnxscript import ir, opset18 as op
+    from onnxscript import ir
+    from onnxscript import opset18 as op
 
     c = int(x.shape[1])
     grouped = op.Constant(value=ir.tensor(np.array([0, groups, c // groups, -1], np.int64)))

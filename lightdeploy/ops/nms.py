@@ -225,7 +225,8 @@ def nms_fixed(
 # ---------------------------------------------------------------------------- ONNX translations
 def _onnx_select(boxes, scores, max_per_class, iou_threshold: float):
     """NonMaxSuppression on one batch and one class -> kept indices [M], decreasing score."""
-    from onnxscript import ir, opset18 as op
+    from onnxscript import ir
+    from onnxscript import opset18 as op
 
     def const(value, dtype):
         return op.Constant(value=ir.tensor(np.asarray(value, dtype=dtype)))
@@ -248,7 +249,8 @@ def onnx_nms(boxes, scores, iou_threshold: float):
 
 
 def onnx_nms_fixed(boxes, scores, iou_threshold: float, max_output: int):
-    from onnxscript import ir, opset18 as op
+    from onnxscript import ir
+    from onnxscript import opset18 as op
 
     def const(value, dtype):
         return op.Constant(value=ir.tensor(np.asarray(value, dtype=dtype)))

@@ -10,7 +10,7 @@ Schema::
         out[k, c, i, j] = average over a grid of bilinear samples inside bin (i, j) of RoI k,
                           read from input channel c * ph * pw + i * pw + j of image boxes[k, 0]
 
-Semantics are exactly ``torchvision.ops.ps_roi_align`` (models.md section 7.1):
+Semantics are exactly ``torchvision.ops.ps_roi_align`` (docs/models.md section 7.1):
 - the box is mapped to ``x * spatial_scale - 0.5`` (always; no size clamp, so sub-pixel boxes stay
   sub-pixel); bin size = roi size / pooled size;
 - grid = sampling_ratio if > 0, else ceil(roi_h / ph) x ceil(roi_w / pw) per RoI ("adaptive");
@@ -27,11 +27,10 @@ sampling is supported: every RoI's grid is padded to the largest and masked (in 
 box cannot allocate gigabytes).  Decomposition for converters without custom ops (litert-torch):
 ``ps_roi_align_decomposition``, the same code with a fixed grid: builtin ops only, rank <= 6, static
 shapes; it raises ValueError for adaptive sampling (the grid size would depend on the box values).
-Converted by litert-torch 0.10 (ThunderNet size): error 7e-6 vs eager, 4.1 ms in TFLite, 2 threads.
 
 ONNX lowerings (``_ps_roi_align_lowerings.py``), all opset 18 (RoiAlign-16, half_pixel, avg):
 - ``roi_align_all_channels``: RoiAlign over all C channels, then a Gather of the diagonal bins
-  (models.md section 7.3); computes ph*pw times the needed samples.
+  (docs/models.md section 7.3); computes ph*pw times the needed samples.
 - ``roi_align_per_bin``: ph*pw RoiAlign nodes, each 1x1 on one bin's sub-box and a strided channel
   slice.
 - ``roi_align_bins_as_batch``: one RoiAlign: the channels are permuted bin-major and reshaped so
@@ -42,27 +41,10 @@ The sub-box lowerings (per_bin, bins_as_batch) compute each bin's box corners in
 match eager to ~1e-5 relative rather than ~1e-7; with adaptive sampling their grid is
 ceil(sub_box_h / 1) instead of ceil(roi_h / ph), equal unless roi_h / ph is within float rounding
 of an integer (then one more or one fewer sample row).  Detectors use sampling_ratio=2.
-Max abs error vs eager in onnxruntime (bench inputs, |ref| up to ~3): all_channels 7e-7,
-per_bin 7e-6, bins_as_batch 7e-6, bilinear_gather 0.
-
-Measured by ``bench/ps_roi_align.py``: ONNX Runtime 1.32, CPU, intra_op_num_threads=2, median of
-50 runs, output 7x7, sampling_ratio 2, spatial_scale 1/16, ms.  The 2-core machine was shared with
-other benchmarks (load average 2 to 10), so each cell is the range over five runs:
-
-    lowering                  ThunderNet 245x20x20 K=200   Light-Head 490x32x32 K=300
-    roi_align_all_channels           21 - 76                      106 - 235
-    roi_align_per_bin               1.27 - 1.40                   10.6 - 23
-    roi_align_bins_as_batch         1.22 - 1.32                    9.1 - 20
-    bilinear_gather                   23 - 41                       24 - 66
-    eager torch, 1 thread             13 - 18                       35 - 39   (load ~9 only)
-
-Eager torch with 2 threads suffered most from the shared cores (21 - 114 / 147 - 273 ms).
-OpenVINO 2026.4 on the same files (2 threads, one run, load ~5): all_channels 72 / 216,
-per_bin 11.9 / 20.4, bins_as_batch 8.0 / 19.2, bilinear_gather 17.8 / 45.9 ms; all within 1e-5.
-Default ONNX translation: ``roi_align_bins_as_batch``: fastest in 5 of 5 runs at ThunderNet's size
-and 4 of 5 at Light-Head's (per_bin won one run by 6%), with one RoiAlign node instead of 49.  The
-others stay in ``ONNX_VARIANTS`` for backends that lack RoiAlign (``bilinear_gather``) or handle
-many small RoIs badly (``roi_align_all_channels``: the literal recipe, slowest everywhere).
+Default ONNX translation: ``roi_align_bins_as_batch``, the fastest at ThunderNet's and Light-Head's sizes in
+ONNX Runtime and OpenVINO, with one RoiAlign node instead of 49 (``bench/ps_roi_align.py``;
+docs/measurements.md#psroialign).  The others stay in ``ONNX_VARIANTS`` for backends that lack
+RoiAlign (``bilinear_gather``) or as the literal recipe (``roi_align_all_channels``).
 """
 
 from __future__ import annotations

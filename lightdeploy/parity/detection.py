@@ -1,7 +1,7 @@
 """Detection parity: the artifact's final detections against eager's, matched by IoU.
 
 The detectors end in fixed-size outputs (``boxes [B, K, 4]``, ``scores [B, K]``, ``labels [B, K]``,
-``num_detections [B]``; design.md).  Per image, the first ``num_detections`` slots are compared:
+``num_detections [B]``; docs/design.md#custom-ops).  Per image, the first ``num_detections`` slots are compared:
 
 - pairs: greedy, eager detections by decreasing score, each taking the unmatched artifact detection
   of the **same label** with the highest IoU, if that IoU >= ``PAIR_IOU``;

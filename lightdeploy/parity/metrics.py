@@ -11,11 +11,9 @@ import numpy as np
 
 from lightdeploy.parity.tolerances import Tolerance
 
-# fp16/int8 top-1 is judged only where eager's top-1 leads top-2 by this many standard deviations
-# of that input's logits: closer calls are coin flips that reduced precision may fairly turn.
-# design.md asks this for int8; random weights make such near-ties common (measured gaps of 5e-4 at a
-# logit std of 0.2-1.3, flipped by float16 rounding alone), so fp16 uses it too and the report
-# counts the near-ties.  fp32 judges every input: top-1 must be identical.
+# fp16/int8 top-1 is judged only where eager's top-1 leads top-2 by this many standard deviations of
+# that input's logits: closer calls are coin flips that reduced precision may fairly turn (the report
+# counts them).  fp32 judges every input: top-1 must be identical (docs/design.md#parity).
 CLEAR_MARGIN_STD = 0.25
 
 
@@ -61,9 +59,7 @@ def cosine(a: np.ndarray, b: np.ndarray) -> float:
 
 
 # An fp32 artifact's max-abs limit never falls below this many times eager float32's own distance
-# from the float64 reference (see ``gate.compare``).  Measured where it matters (ORT, fp32): DFANet-B
-# at a second size, eager fp32 3.7e-3 and ORT 2.5e-3 from float64 (max |ref| 4); ThunderNet's
-# R-CNN logits, eager fp32 2.2e-4 of max |ref| (proposal coordinates feed PSRoIAlign's sample points).
+# from the float64 reference (see ``gate.compare``; docs/measurements.md#noise-floor).
 NOISE_FLOOR_FACTOR = 2.0
 # Outputs that are ranked, fixed-size lists: compared slot by slot they swap on float noise, so only
 # the task metric judges them (their tensor stats are still reported).

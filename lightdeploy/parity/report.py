@@ -22,6 +22,9 @@ class ParityReport:
     checks: list[Check]
     task_info: dict = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    # True when a stand-in ran instead of the artifact (lightdeploy.parity.estimate), with its method.
+    estimated: bool = False
+    method: str = ""
 
     @property
     def passed(self) -> bool:
@@ -30,7 +33,7 @@ class ParityReport:
     def failures(self) -> list[Check]:
         return [c for c in self.checks if not c.passed]
 
-    def add_float_graph(self, twin: "ParityReport") -> None:
+    def add_float_graph(self, twin: ParityReport) -> None:
         """Append the checks of this artifact's float graph (gated at the fp32 row) as
         "float graph: <subject>" rows: an fp16 / int8 artifact passes only if its graph did too."""
         for c in twin.checks:
@@ -46,13 +49,15 @@ class ParityReport:
             "precision": self.precision, "passed": self.passed, "tolerance": self.tolerance,
             "inputs": self.inputs, "outputs": self.outputs,
             "checks": [c.as_dict() for c in self.checks], "task": self.task_info, "notes": self.notes,
+            "estimated": self.estimated, "method": self.method,
         }
 
     def summary(self) -> str:
+        kind = "parity ESTIMATED on the CPU:" if self.estimated else "parity"
         if self.passed:
-            return f"parity PASSED for {self.artifact} ({self.backend}/{self.precision}, {len(self.inputs)} inputs)"
+            return f"{kind} PASSED for {self.artifact} ({self.backend}/{self.precision}, {len(self.inputs)} inputs)"
         bad = "; ".join(f"{c.subject} {c.metric} = {c.value:.6g} (limit {c.op} {c.limit:.6g})" for c in self.failures())
-        return f"parity FAILED for {self.artifact} ({self.backend}/{self.precision}): {bad}"
+        return f"{kind} FAILED for {self.artifact} ({self.backend}/{self.precision}): {bad}"
 
 
 def write_json(reports: list[ParityReport], path: str | Path) -> None:

@@ -1,4 +1,4 @@
-"""The tolerance table (design.md, Parity), as data: one row per backend x precision.
+"""The tolerance table (docs/design.md#tolerance-table), as data: one row per backend x precision.
 
 Tensor checks apply to every floating-point output; task checks to the task's own metric.  A row can
 be overridden per call (``tolerance_for(..., overrides={...})``) or from the CLI, and the report
@@ -23,7 +23,7 @@ class Tolerance:
     top1_agreement_min: float  # classify; at int8 only over inputs whose eager margin is clear
     box_min: float  # detect: fp32 matched-box IoU; fp16/int8 box-match F1
     mask_pixels_min: float  # segment: fraction of mask pixels equal to eager's
-    reason: str = "design.md tolerance table"
+    reason: str = "docs/design.md tolerance table"
 
     def as_dict(self) -> dict:
         return asdict(self)

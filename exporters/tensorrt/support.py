@@ -102,9 +102,9 @@ REWRITES: dict[str, str] = {
     "Resize": "use F.interpolate(mode='bilinear' or 'nearest'), not bicubic or antialias=True",
     "RoiAlign": "use coordinate_transformation_mode half_pixel (aligned=True) or output_half_pixel",
     "TopK": "keep K below 3840 (e.g. a pre-selection top-k per level) and sorted=True; lightdeploy's "
-            "TensorRT export splits a constant K into a chain of TopKs (exporters/trt_prepare.py)",
+            "TensorRT export splits a constant K into a chain of TopKs (exporters/tensorrt/prepare.py)",
     "NonMaxSuppression": "give it score_threshold = the lowest float32 and at most 5000 boxes; lightdeploy's "
-                         "TensorRT export does both exactly (exporters/trt_prepare.py)",
+                         "TensorRT export does both exactly (exporters/tensorrt/prepare.py)",
     "MaxPool": "do not return indices (return_indices=False); use dilation 1",
     "AveragePool": "use 2D pooling with dilation 1",
     "ScatterND": "use index_put without accumulate (reduction none)",

@@ -2,7 +2,7 @@
 graph or silently compute something else.
 
 Each rewrite replaces a node by standard ONNX nodes that give the same outputs (checked in ONNX
-Runtime by tests/test_trt_prepare.py) and that TensorRT 10 parses:
+Runtime by tests/test_tensorrt_prepare.py) and that TensorRT 10 parses:
 
 - ``explicit_nms_score_threshold``: ONNX NonMaxSuppression without ``score_threshold`` keeps every
   box, but TensorRT's NMS layer defaults its ScoreThreshold to 0.0 (TensorRT operator docs, NMS:
@@ -30,8 +30,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from lightdeploy.exporters.onnx import graph_constants
-from lightdeploy.exporters.trt_support import NMS_TOPK_LIMIT_SM53, TOPK_MAX_K
+from lightdeploy.exporters.onnx.graph import graph_constants, static_shapes
+from lightdeploy.exporters.tensorrt.support import NMS_TOPK_LIMIT_SM53, TOPK_MAX_K
 
 LOWEST_FLOAT32 = float(np.finfo(np.float32).min)
 TOPK_CHUNK = TOPK_MAX_K - 1  # TensorRT: K must be less than 3840
@@ -66,20 +66,6 @@ class _Emitter:
         outs = list(outputs) if outputs else [self.name(op_type.lower()) for _ in range(n_out)]
         self.nodes.append(helper.make_node(op_type, list(inputs), outs, name=self.name(op_type), **attrs))
         return outs[0] if len(outs) == 1 else outs
-
-
-def static_shapes(model) -> dict[str, tuple]:
-    """{tensor name: dims (int, or None where unknown)} from ONNX shape inference."""
-    from onnx import shape_inference
-
-    inferred = shape_inference.infer_shapes(model)
-    out = {}
-    for vi in [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]:
-        if vi.type.HasField("tensor_type") and vi.type.tensor_type.HasField("shape"):
-            out[vi.name] = tuple(d.dim_value if d.HasField("dim_value") else None for d in vi.type.tensor_type.shape.dim)
-    for init in model.graph.initializer:
-        out[init.name] = tuple(init.dims)
-    return out
 
 
 def _replace(model, node, emitter: _Emitter) -> None:

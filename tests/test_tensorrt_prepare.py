@@ -1,4 +1,4 @@
-"""The TensorRT export's exact graph rewrites (exporters/trt_prepare.py), judged in ONNX Runtime.
+"""The TensorRT export's exact graph rewrites (exporters/tensorrt/prepare.py), judged in ONNX Runtime.
 
 Each rewrite must give the same outputs as the node it replaces.  The limits are lowered (NMS chunks of
 a few boxes, TopKs of a few elements) so that small random graphs cross them many times; ties and
@@ -16,8 +16,9 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper
 
-from lightdeploy.exporters import trt_prepare
-from lightdeploy.trtcheck import check_model, check_onnx
+from lightdeploy.checks import check_model
+from lightdeploy.exporters.tensorrt import prepare as trt_prepare
+from lightdeploy.exporters.tensorrt.check import check_onnx
 
 
 def _model(nodes, inputs, outputs, inits):
@@ -94,7 +95,7 @@ def test_score_threshold_made_explicit_keeps_negative_scores():
     model = nms_model(40, 40)
     feeds = {"boxes": random_boxes(rng, 40), "scores": -np.abs(rng.normal(size=(1, 1, 40))).astype(np.float32)}
     error = [f for f in check_onnx(model).errors() if f.node == "nms"]
-    assert error and "score_threshold" in error[0].message and "trt_prepare" in error[0].rewrite
+    assert error and "score_threshold" in error[0].message and "tensorrt/prepare.py" in error[0].rewrite
     prepared = copy.deepcopy(model)
     assert trt_prepare.prepare(prepared)
     assert check_onnx(prepared).supported

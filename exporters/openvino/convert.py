@@ -1,0 +1,78 @@
+"""OpenVINO export: the simplified ONNX -> ``openvino.convert_model`` -> rewrites -> IR (model.xml + .bin).
+
+Precisions:
+- fp32: IR with FP32 weights (``save_model(compress_to_fp16=False)``: OpenVINO's default compresses).
+- fp16: FP16 weights (``compress_to_fp16=True``); on CPU the runtime still computes in f32 (the
+  runtime pins ``INFERENCE_PRECISION_HINT``), so this halves the file, not the arithmetic.
+- int8: NNCF post-training quantisation of the converted model (``quantize.py``); the remaining
+  weights stay FP32.
+
+The graph rewrites (``rewrites.py``) fix what OpenVINO computes differently from ONNX (a channel
+permutation folded the wrong way, unstable TopK) or slowly (channel-shuffle Gathers).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from lightdeploy.errors import UsageError, require
+from lightdeploy.exporters.base import ExportJob, ExportResult
+from lightdeploy.exporters.onnx.export import ONNX_FILE, write_onnx
+from lightdeploy.exporters.onnx.graph import graph_io
+from lightdeploy.exporters.openvino import rewrites
+
+IR_FILE = "model.xml"
+WEIGHTS_KIND = {"fp32": "fp32", "fp16": "fp16", "int8": "int8 (quantised ops), fp32 (rest)"}
+
+
+class OpenVinoExporter:
+    target = "openvino"
+    backend = "openvino"
+    precisions = ("fp32", "fp16", "int8")
+    estimator = None  # OpenVINO's CPU plugin runs everywhere the gate runs
+
+    def export(self, job: ExportJob, workdir: Path) -> ExportResult:
+        self._validate(job)
+        return self._export_impl(job, workdir)
+
+    def _validate(self, job: ExportJob) -> None:
+        require("openvino", package="openvino", extra="openvino", purpose="OpenVINO export")
+        if job.options.nhwc:
+            raise UsageError(
+                "OpenVINO artifacts take NCHW input (the layout the ONNX graph is built in); "
+                "export without the NHWC option."
+            )
+
+    def _export_impl(self, job: ExportJob, workdir: Path) -> ExportResult:
+        import onnx
+        import openvino as ov
+
+        precision = job.options.precision
+        onnx_info, proto = write_onnx(job, workdir)
+        guarded = rewrites.guard_permutation_gathers(proto)
+        if guarded:
+            onnx.save(proto, str(workdir / ONNX_FILE))  # model.onnx stays the exact file the IR is built from
+            onnx_info["rewrites"] = {"gather_axis_made_negative": guarded, "why": rewrites.GUARD_WHY}
+        inputs, outputs = graph_io(proto)
+
+        t0 = time.perf_counter()
+        model = ov.convert_model(str(workdir / ONNX_FILE))
+        info: dict = {"onnx": onnx_info, "openvino": {"converted_from": ONNX_FILE,
+                                                      "topk_made_stable": rewrites.stable_topk(model),
+                                                      "shuffle_channels": rewrites.shuffle_gathers_to_op(model)}}
+        float_model = model.clone() if precision != "fp32" else None  # NNCF may rewrite in place
+        if precision == "int8":
+            from lightdeploy.exporters.openvino.quantize import quantize_int8
+
+            model, info["int8"] = quantize_int8(model, job)
+        # FP16 weights only when asked: OpenVINO's save_model compresses to FP16 by default.
+        ov.save_model(model, str(workdir / IR_FILE), compress_to_fp16=precision == "fp16")
+        info["openvino"].update({"weights": WEIGHTS_KIND[precision], "ops": len(model.get_ordered_ops()),
+                                 "convert_seconds": round(time.perf_counter() - t0, 2)})
+        twin = None
+        if float_model is not None:
+            def twin(folder: Path) -> str:
+                ov.save_model(float_model, str(folder / IR_FILE), compress_to_fp16=False)
+                return IR_FILE
+        return ExportResult(self.backend, IR_FILE, inputs, outputs, info, float_twin=twin)

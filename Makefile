@@ -25,8 +25,11 @@ demo: $(STAMP)
 	$(BIN)/lightdeploy export thundernet --to onnx --to openvino --to tflite --out $(OUT)
 	$(BIN)/lightdeploy predict $(OUT)/thundernet-onnx-fp32 tests/data/astronaut.jpg --out $(OUT)/predictions
 
-# The CI gate: every test but the `slow` set (INT8 calibration of the big models, extra sizes).
+# The CI gate: lint and format check, then every test but the `slow` set (INT8 calibration of the big
+# models, extra sizes).
 test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -n 2 --dist loadgroup -q -m "not slow" --junitxml=reports/junit.xml
 
 # Everything, slow set included (about an hour on 2 cores).

@@ -68,9 +68,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         print(f"{'case':40s} {'gather ms':>10s} {'reshape ms':>11s}")
-        cases = [("shufflenetv2 1.0x, 224x224 (16 shuffles)", net, (1, 3, 224, 224)),
-                 ("op alone, [1, 232, 14, 14]", ShuffleOnly(), (1, 232, 14, 14)),
-                 ("op alone, [1, 116, 28, 28]", ShuffleOnly(), (1, 116, 28, 28))]
+        cases = [
+            ("shufflenetv2 1.0x, 224x224 (16 shuffles)", net, (1, 3, 224, 224)),
+            ("op alone, [1, 232, 14, 14]", ShuffleOnly(), (1, 232, 14, 14)),
+            ("op alone, [1, 116, 28, 28]", ShuffleOnly(), (1, 116, 28, 28)),
+        ]
         for label, model, shape in cases:
             fns = [build(model, spec, (224, 224), shape, v, folder) for v in ("gather", "reshape")]
             times = measure_interleaved(fns)

@@ -47,22 +47,32 @@ def main(argv=None) -> int:
     tmp = None if args.out else tempfile.TemporaryDirectory(prefix="bench-openvino-")
     out = Path(args.out or tmp.name)
 
-    exports = export_for_bench(models, list(TARGETS), out, size=tuple(args.size) if args.size else None,
-                               log=console.print)
+    exports = export_for_bench(
+        models, list(TARGETS), out, size=tuple(args.size) if args.size else None, log=console.print
+    )
     console.print(parity_table(exports))
     subjects = [str(e.folder) for e in exports]
 
-    rows = bench(subjects, runs=args.runs, warmup=args.warmup, threads=args.threads,
-                 progress=lambda m: console.print(f"[dim]{m}[/]"))
+    rows = bench(
+        subjects,
+        runs=args.runs,
+        warmup=args.warmup,
+        threads=args.threads,
+        progress=lambda m: console.print(f"[dim]{m}[/]"),
+    )
     console.print(render_table(rows))
     by = {(r.model, r.runtime): r.median_ms for r in rows}
     for model in models:
         fp32, int8 = by.get((model, "openvino/fp32")), by.get((model, "openvino/int8"))
         eager = by.get((model, "eager"))
-        best = min((r for r in rows if r.model == model and r.runtime != "eager"), key=lambda r: r.median_ms, default=None)
+        best = min(
+            (r for r in rows if r.model == model and r.runtime != "eager"), key=lambda r: r.median_ms, default=None
+        )
         if fp32 and int8 and eager and best:
-            console.print(f"{model}: OV int8 speed-up over OV fp32 {fp32 / int8:.2f}x; best artifact "
-                          f"{best.runtime} at {best.median_ms / eager:.2f}x eager")
+            console.print(
+                f"{model}: OV int8 speed-up over OV fp32 {fp32 / int8:.2f}x; best artifact "
+                f"{best.runtime} at {best.median_ms / eager:.2f}x eager"
+            )
     if tmp is not None:
         tmp.cleanup()
     return 0

@@ -54,10 +54,16 @@ def export(variant: str, features, boxes, path: Path) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
-            PSRoIAlign(), (features, boxes), dynamo=True, custom_translation_table=table,
-            opset_version=18, input_names=["features", "boxes"], output_names=["pooled"],
+            PSRoIAlign(),
+            (features, boxes),
+            dynamo=True,
+            custom_translation_table=table,
+            opset_version=18,
+            input_names=["features", "boxes"],
+            output_names=["pooled"],
             dynamic_shapes={"features": {}, "boxes": {0: torch.export.Dim("K", min=0)}},
-            external_data=False, verbose=False,
+            external_data=False,
+            verbose=False,
         )
     program.save(str(path))
 
@@ -84,17 +90,17 @@ def main() -> None:
                 options = ort.SessionOptions()
                 options.intra_op_num_threads = args.threads
                 options.inter_op_num_threads = 1
-                session = ort.InferenceSession(
-                    str(path), options, providers=["CPUExecutionProvider"]
-                )
+                session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
                 feeds = {"features": features.numpy(), "boxes": boxes.numpy()}
                 error = np.abs(session.run(None, feeds)[0] - reference).max()
                 ms = median_ms(functools.partial(session.run, None, feeds), args.runs)
                 results.setdefault(variant, {})[size_name] = f"{ms:8.2f} (err {error:.1e})"
 
     header = f"{'lowering (ORT, ms median)':28s}" + "".join(f"{s:>32s}" for s in SIZES)
-    print(f"ORT {__import__('onnxruntime').__version__}, torch {torch.__version__}, "
-          f"{args.threads} threads, median of {args.runs}")
+    print(
+        f"ORT {__import__('onnxruntime').__version__}, torch {torch.__version__}, "
+        f"{args.threads} threads, median of {args.runs}"
+    )
     print(header)
     for name, row in results.items():
         print(f"{name:28s}" + "".join(f"{row[s]:>32s}" for s in SIZES))

@@ -57,13 +57,24 @@ def main(argv=None) -> int:
 
     targets = [t for t in TARGETS if t[0] == "onnx" or t[1] in args.precisions]
     # RuntimeError / ValueError too: a model that does not convert is reported and skipped.
-    exports = export_for_bench(models, targets, out, size=tuple(args.size) if args.size else None,
-                               log=console.print, also_catch=(RuntimeError, ValueError))
+    exports = export_for_bench(
+        models,
+        targets,
+        out,
+        size=tuple(args.size) if args.size else None,
+        log=console.print,
+        also_catch=(RuntimeError, ValueError),
+    )
     console.print(parity_table(exports, extra={"ops": op_list}))
     subjects = [str(e.folder) for e in exports]
 
-    rows = bench(subjects, runs=args.runs, warmup=args.warmup, threads=args.threads,
-                 progress=lambda m: console.print(f"[dim]{m}[/]"))
+    rows = bench(
+        subjects,
+        runs=args.runs,
+        warmup=args.warmup,
+        threads=args.threads,
+        progress=lambda m: console.print(f"[dim]{m}[/]"),
+    )
     console.print(render_table(rows))
     if args.out:
         write_json(rows, Path(args.out) / "bench-tflite.json")
@@ -72,10 +83,13 @@ def main(argv=None) -> int:
         ort, tfl = by.get((model, "onnxruntime/fp32")), by.get((model, "tflite/fp32"))
         if ort and tfl:
             verdict = "meets" if tfl / ort <= FP32_TARGET_RATIO else "MISSES"
-            extra = "".join(f", {p} {by[(model, f'tflite/{p}')]:.2f} ms" for p in ("fp16", "int8")
-                            if (model, f"tflite/{p}") in by)
-            console.print(f"{model}: TFLite fp32 {tfl:.2f} ms vs ORT {ort:.2f} ms = {tfl / ort:.2f}x "
-                          f"({verdict} the {FP32_TARGET_RATIO}x target){extra}")
+            extra = "".join(
+                f", {p} {by[(model, f'tflite/{p}')]:.2f} ms" for p in ("fp16", "int8") if (model, f"tflite/{p}") in by
+            )
+            console.print(
+                f"{model}: TFLite fp32 {tfl:.2f} ms vs ORT {ort:.2f} ms = {tfl / ort:.2f}x "
+                f"({verdict} the {FP32_TARGET_RATIO}x target){extra}"
+            )
     if tmp is not None:
         tmp.cleanup()
     return 0

@@ -49,8 +49,9 @@ def concrete_shape(manifest: dict) -> list[int]:
     return [d if isinstance(d, int) else fill.get(i, 1) for i, d in enumerate(dims)]
 
 
-def bench(subjects: list[str], *, runs: int = 50, warmup: int = 10, threads: int = 2,
-          progress=lambda msg: None) -> list[BenchRow]:
+def bench(
+    subjects: list[str], *, runs: int = 50, warmup: int = 10, threads: int = 2, progress=lambda msg: None
+) -> list[BenchRow]:
     """``subjects``: model names and/or artifact folders.  Eager is timed once per model."""
     import torch
 
@@ -87,8 +88,19 @@ def bench(subjects: list[str], *, runs: int = 50, warmup: int = 10, threads: int
             feed = {manifest["inputs"][0]["name"]: np.random.default_rng(0).standard_normal(shape).astype(np.float32)}
             med, p90 = time_fn(functools.partial(runtime.run, feed), warmup, runs)
             ref = eager_ms[(manifest["model"], size, shape[0])]
-            rows.append(BenchRow(path.name, manifest["model"], f"{manifest['backend']}/{manifest['precision']}",
-                                 shape, threads, runs, med, p90, med / ref))
+            rows.append(
+                BenchRow(
+                    path.name,
+                    manifest["model"],
+                    f"{manifest['backend']}/{manifest['precision']}",
+                    shape,
+                    threads,
+                    runs,
+                    med,
+                    p90,
+                    med / ref,
+                )
+            )
         else:
             spec = get_spec(subject)
             eager_row(subject, spec.input_size, 1)
@@ -106,8 +118,14 @@ def render_table(rows: list[BenchRow]):
     for col in ("subject", "runtime", "input", "median ms", "p90 ms", "x eager"):
         table.add_column(col, overflow="fold")
     for r in rows:
-        table.add_row(r.subject, r.runtime, "x".join(map(str, r.input_shape)), f"{r.median_ms:.2f}",
-                      f"{r.p90_ms:.2f}", f"{r.ratio_to_eager:.2f}" if r.ratio_to_eager is not None else "")
+        table.add_row(
+            r.subject,
+            r.runtime,
+            "x".join(map(str, r.input_shape)),
+            f"{r.median_ms:.2f}",
+            f"{r.p90_ms:.2f}",
+            f"{r.ratio_to_eager:.2f}" if r.ratio_to_eager is not None else "",
+        )
     return table
 
 
@@ -122,8 +140,15 @@ class BenchExport:
     seconds: float
 
 
-def export_for_bench(models: list[str], targets: list[tuple[str, str]], out: Path, *, size=None, log=print,
-                     also_catch: tuple[type[Exception], ...] = ()) -> list[BenchExport]:
+def export_for_bench(
+    models: list[str],
+    targets: list[tuple[str, str]],
+    out: Path,
+    *,
+    size=None,
+    log=print,
+    also_catch: tuple[type[Exception], ...] = (),
+) -> list[BenchExport]:
     """Export every model to every (target, precision) with the parity gate on.
 
     A failed gate is logged and the kept artifact still returned: speed and parity are separate facts.
@@ -165,8 +190,13 @@ def parity_table(exports: list[BenchExport], extra: dict[str, Callable[[BenchExp
         lasts = [task, f"{e.seconds:.1f}", *(fn(e) for fn in extra.values())]
         for i, (name, s) in enumerate(e.report["outputs"].items()):
             first = i == 0
-            table.add_row(*(firsts if first else ["", ""]), name, f"{s['max_abs']:.3g}", f"{s['cosine']:.6f}",
-                          *(lasts if first else [""] * len(lasts)))
+            table.add_row(
+                *(firsts if first else ["", ""]),
+                name,
+                f"{s['max_abs']:.3g}",
+                f"{s['cosine']:.6f}",
+                *(lasts if first else [""] * len(lasts)),
+            )
     return table
 
 
@@ -186,6 +216,8 @@ def write_plot(rows: list[BenchRow], path: str | Path) -> None:
         y = 34 + i * bar_h
         draw.text((8, y + 4), f"{r.subject} [{r.runtime}]"[:44], fill="black", font=font)
         length = int((width - left - 90) * r.median_ms / top)
-        draw.rectangle([left, y + 3, left + length, y + bar_h - 5], fill="#4c78a8" if r.runtime != "eager" else "#bbbbbb")
+        draw.rectangle(
+            [left, y + 3, left + length, y + bar_h - 5], fill="#4c78a8" if r.runtime != "eager" else "#bbbbbb"
+        )
         draw.text((left + length + 6, y + 4), f"{r.median_ms:.2f}", fill="black", font=font)
     img.save(path)

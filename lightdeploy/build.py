@@ -13,8 +13,13 @@ from pathlib import Path
 from lightdeploy.errors import MissingDependencyError, UsageError
 
 
-def build(folder: str | Path, *, parity: bool = True, images_dir: str | None = None,
-          progress: Callable[[str], None] = lambda msg: None):
+def build(
+    folder: str | Path,
+    *,
+    parity: bool = True,
+    images_dir: str | None = None,
+    progress: Callable[[str], None] = lambda msg: None,
+):
     """Build ``model.engine`` from the plan in ``folder``, then gate it; return the parity report
     (None with ``parity=False``).  The manifest records the engine's TensorRT version and GPU."""
     from lightdeploy.artifact import commit, staging_folder, write_manifest
@@ -26,8 +31,10 @@ def build(folder: str | Path, *, parity: bool = True, images_dir: str | None = N
     folder = Path(folder)
     manifest = read_manifest(folder, verify=True)
     if manifest.get("backend") != "tensorrt":
-        raise UsageError(f"{str(folder)!r} is a {manifest.get('backend')} artifact; `lightdeploy build` takes a "
-                         "TensorRT build plan (export with --to trt).")
+        raise UsageError(
+            f"{str(folder)!r} is a {manifest.get('backend')} artifact; `lightdeploy build` takes a "
+            "TensorRT build plan (export with --to trt)."
+        )
     plan = read_plan(folder)
     ok, why = trt_environment()
     if not ok:
@@ -35,11 +42,19 @@ def build(folder: str | Path, *, parity: bool = True, images_dir: str | None = N
     with staging_folder(folder) as tmp:
         shutil.copytree(folder, tmp, dirs_exist_ok=True)
         info = build_engine(tmp / plan["onnx"], plan, tmp / ENGINE_FILE, tmp / TIMING_CACHE_FILE, progress)
-        write_plan(tmp, {**plan, "status": f"built: {ENGINE_FILE} (TensorRT {info['tensorrt_version']}, "
-                                           f"{info['gpu']['name']})"})
+        write_plan(
+            tmp,
+            {**plan, "status": f"built: {ENGINE_FILE} (TensorRT {info['tensorrt_version']}, {info['gpu']['name']})"},
+        )
         manifest = {k: v for k, v in manifest.items() if k not in ("files", "parity")}
-        manifest = write_manifest(tmp, {**manifest, "backend_file": ENGINE_FILE,
-                                        "backend_info": {**manifest.get("backend_info", {}), "engine": info}})
+        manifest = write_manifest(
+            tmp,
+            {
+                **manifest,
+                "backend_file": ENGINE_FILE,
+                "backend_info": {**manifest.get("backend_info", {}), "engine": info},
+            },
+        )
         report = None
         if parity:
             from lightdeploy.pipeline import parity as run_gate

@@ -31,9 +31,12 @@ def calibration_set(preprocessing: dict, batch: int = 1, calib_dir: str | None =
         desc = {"source": str(calib_dir), "images": len(images), "augmentation": None}
     else:
         images = augmented(photographs(), DEFAULT_AUG_COPIES, seed=seed)
-        desc = {"source": "scikit-image sample photographs", "images": len(images),
-                "augmentation": f"{DEFAULT_AUG_COPIES} random crops (60-100%) with random flips per photograph"}
+        desc = {
+            "source": "scikit-image sample photographs",
+            "images": len(images),
+            "augmentation": f"{DEFAULT_AUG_COPIES} random crops (60-100%) with random flips per photograph",
+        }
     arrays = list(preprocessed(images, preprocessing).values())
-    batches = [np.concatenate(arrays[i:i + batch]) for i in range(0, len(arrays) - batch + 1, batch)]
+    batches = [np.concatenate(arrays[i : i + batch]) for i in range(0, len(arrays) - batch + 1, batch)]
     desc["batch"] = batch
     return CalibrationSet(batches, desc)

@@ -16,8 +16,14 @@ from lightdeploy.jobs import make_job
 CHECK_TARGETS = ("trt",)
 
 
-def check_model(name: str, *, input_size: tuple[int, int] | None = None, opset: int = 18,
-                dynamic_batch: bool = False, extra: dict | None = None):
+def check_model(
+    name: str,
+    *,
+    input_size: tuple[int, int] | None = None,
+    opset: int = 18,
+    dynamic_batch: bool = False,
+    extra: dict | None = None,
+):
     """The TensorRT check of a registered model, after the export's exact rewrites, as export does.
 
     Weights do not change the graph's operators, so the model is built with random weights and no
@@ -33,8 +39,9 @@ def check_model(name: str, *, input_size: tuple[int, int] | None = None, opset: 
     spec = get_spec(name)
     size = spec.check_input_size(input_size or spec.input_size)
     model = create_model(name, input_size=size, calibrate_bn=False)
-    options = ExportOptions(target="trt", input_size=size, dynamic_batch=dynamic_batch, opset=opset,
-                            extra=dict(extra or {}))
+    options = ExportOptions(
+        target="trt", input_size=size, dynamic_batch=dynamic_batch, opset=opset, extra=dict(extra or {})
+    )
     job = make_job(spec, model, options)
     with tempfile.TemporaryDirectory(prefix="lightdeploy-check-") as tmp:
         path = Path(tmp) / "model.onnx"
@@ -45,8 +52,10 @@ def check_model(name: str, *, input_size: tuple[int, int] | None = None, opset: 
 def check(subject: str, target: str, *, input_size: tuple[int, int] | None = None, opset: int = 18):
     """The CLI entry: an existing ``.onnx`` file, or a registered model name."""
     if target not in CHECK_TARGETS:
-        raise UsageError(f"`lightdeploy check --to {target}` is not available; operator tables exist for: "
-                         f"{', '.join(CHECK_TARGETS)}.")
+        raise UsageError(
+            f"`lightdeploy check --to {target}` is not available; operator tables exist for: "
+            f"{', '.join(CHECK_TARGETS)}."
+        )
     from lightdeploy.exporters.tensorrt.check import check_onnx
 
     path = Path(subject)

@@ -16,8 +16,12 @@ from rich.markup import escape
 
 from lightdeploy.errors import LightdeployError, UsageError
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
-                  help="Lightweight vision models from PyTorch to the edge, with parity proven against eager.")
+app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    help="Lightweight vision models from PyTorch to the edge, with parity proven against eager.",
+)
 console = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)  # soft wrap: messages stay whole lines when piped
 
@@ -54,8 +58,16 @@ def list_cmd(as_json: bool = typer.Option(False, "--json", help="Machine-readabl
     for name in list_models():
         spec = get_spec(name)
         params, macs = complexity(name)
-        rows.append({"name": name, "task": spec.task, "input_size": list(spec.input_size),
-                     "params": params, "macs": macs, "alias_of": spec.alias_of})
+        rows.append(
+            {
+                "name": name,
+                "task": spec.task,
+                "input_size": list(spec.input_size),
+                "params": params,
+                "macs": macs,
+                "alias_of": spec.alias_of,
+            }
+        )
     if as_json:
         console.print_json(json.dumps(rows))
         return
@@ -66,7 +78,9 @@ def list_cmd(as_json: bool = typer.Option(False, "--json", help="Machine-readabl
         table.add_column(col)
     for r in rows:
         name = r["name"] + (f" (= {r['alias_of']})" if r["alias_of"] else "")
-        table.add_row(name, r["task"], "x".join(map(str, r["input_size"])), f"{r['params'] / 1e6:.2f}M", f"{r['macs'] / 1e6:.1f}M")
+        table.add_row(
+            name, r["task"], "x".join(map(str, r["input_size"])), f"{r['params'] / 1e6:.2f}M", f"{r['macs'] / 1e6:.1f}M"
+        )
     console.print(table)
 
 
@@ -93,11 +107,15 @@ def export(
     batch: int = typer.Option(1, "--batch"),
     dynamic_batch: bool = typer.Option(False, "--dynamic-batch"),
     dynamic_size: bool = typer.Option(False, "--dynamic-size", help="Symbolic H and W (checked at a second size)."),
-    weights: Path | None = typer.Option(None, "--weights", help="State dict (.pt/.pth, loaded weights_only) or .safetensors."),
+    weights: Path | None = typer.Option(
+        None, "--weights", help="State dict (.pt/.pth, loaded weights_only) or .safetensors."
+    ),
     num_classes: int | None = typer.Option(None, "--num-classes"),
     opset: int = typer.Option(18, "--opset"),
     nhwc: bool = typer.Option(False, "--nhwc", help="NHWC input layout (TFLite)."),
-    raw_heads: bool = typer.Option(False, "--raw-heads", help="Detectors: also output the raw head tensors before NMS."),
+    raw_heads: bool = typer.Option(
+        False, "--raw-heads", help="Detectors: also output the raw head tensors before NMS."
+    ),
     out: Path = typer.Option(Path("artifacts"), "--out"),
     no_parity: bool = typer.Option(False, "--no-parity", help="Skip the parity gate (not recommended)."),
     images: Path | None = typer.Option(None, "--images", help="Folder of images for the parity gate."),
@@ -121,10 +139,22 @@ def export(
     for target in to:
         try:
             outcome = run_export(
-                model, target, precision=precision, input_size=input_size, batch=batch,
-                dynamic_batch=dynamic_batch, dynamic_size=dynamic_size, weights=weights,
-                num_classes=num_classes, opset=opset, calib_dir=str(calib) if calib else None, nhwc=nhwc,
-                out=out, parity=not no_parity, images_dir=str(images) if images else None, extra=extra,
+                model,
+                target,
+                precision=precision,
+                input_size=input_size,
+                batch=batch,
+                dynamic_batch=dynamic_batch,
+                dynamic_size=dynamic_size,
+                weights=weights,
+                num_classes=num_classes,
+                opset=opset,
+                calib_dir=str(calib) if calib else None,
+                nhwc=nhwc,
+                out=out,
+                parity=not no_parity,
+                images_dir=str(images) if images else None,
+                extra=extra,
                 progress=_progress(quiet),
             )
         except LightdeployError as exc:
@@ -268,8 +298,9 @@ def build(
     from lightdeploy.build import build as build_engine
     from lightdeploy.parity.report import render_table
 
-    report = build_engine(artifact, parity=not no_parity, images_dir=str(images) if images else None,
-                          progress=_progress(quiet))
+    report = build_engine(
+        artifact, parity=not no_parity, images_dir=str(images) if images else None, progress=_progress(quiet)
+    )
     if report is None:
         console.print(f"[bold]{artifact}[/]: engine built; parity NOT RUN (--no-parity)", highlight=False)
         return

@@ -37,8 +37,9 @@ def palette(n: int) -> np.ndarray:
     """A fixed, well-spread colour per class (golden-ratio hues), the same in every image."""
     import colorsys
 
-    return np.array([[int(255 * c) for c in colorsys.hsv_to_rgb((i * 0.618034) % 1, 0.75, 0.95)] for i in range(n)],
-                    np.uint8)
+    return np.array(
+        [[int(255 * c) for c in colorsys.hsv_to_rgb((i * 0.618034) % 1, 0.75, 0.95)] for i in range(n)], np.uint8
+    )
 
 
 def draw_segmentation(rgb: np.ndarray, seg, path: Path) -> Path:

@@ -42,9 +42,7 @@ def unknown_name_error(kind: str, name: str, known: list[str]) -> UsageError:
     """An error for an unknown name that suggests the closest known ones."""
     close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
     hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-    return UsageError(
-        f"Unknown {kind} {name!r}.{hint} Known {kind}s: {', '.join(sorted(known))}."
-    )
+    return UsageError(f"Unknown {kind} {name!r}.{hint} Known {kind}s: {', '.join(sorted(known))}.")
 
 
 def missing_package(package: str, extra: str, purpose: str) -> MissingDependencyError:

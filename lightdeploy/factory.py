@@ -110,7 +110,7 @@ def reestimate_bn(model: nn.Module, spec: ModelSpec, input_size: tuple[int, int]
         bn.momentum = None  # cumulative average over all batches
         bn.train()
     for start in range(0, len(batch), BN_BATCH):
-        model(batch[start:start + BN_BATCH])
+        model(batch[start : start + BN_BATCH])
     for bn in bns:
         bn.momentum = 0.1
     model.eval()
@@ -133,8 +133,13 @@ def eager_from_manifest(manifest: dict) -> nn.Module:
             )
         if sha256(path) != weights["sha256"]:
             raise UsageError(f"Weights {str(path)!r} changed since export (sha256 differs); re-export the artifact.")
-    model = create_model(src["model"], num_classes=src["num_classes"], weights=path,
-                         input_size=tuple(src["input_size"]), seed=src.get("seed") or 0)
+    model = create_model(
+        src["model"],
+        num_classes=src["num_classes"],
+        weights=path,
+        input_size=tuple(src["input_size"]),
+        seed=src.get("seed") or 0,
+    )
     spec = get_spec(src["model"])
     extra = manifest.get("export_options", {}).get("extra", {})
     return spec.export_wrapper(model, extra) if spec.export_wrapper else model

@@ -34,8 +34,9 @@ def make_job(spec: ModelSpec, model: nn.Module, options: ExportOptions) -> Expor
     return ExportJob(model=deployable, spec=spec, options=options, output_names=output_names(spec, options))
 
 
-def manifest_for(job: ExportJob, result: ExportResult, *, num_classes: int | None, weights: str | Path | None,
-                 seed: int) -> dict:
+def manifest_for(
+    job: ExportJob, result: ExportResult, *, num_classes: int | None, weights: str | Path | None, seed: int
+) -> dict:
     """The manifest of an artifact (docs/design.md#artifact), before file hashes and parity are added."""
     from lightdeploy.runtimes.manifest import sha256
 

@@ -33,21 +33,34 @@ def model_info(name: str):
     params, macs = complexity(name)
     table = Table(title=f"{name}: {spec.description}", show_header=False)
     rows = [
-        ("task", spec.task), ("family", spec.family), ("alias of", spec.alias_of or "-"),
+        ("task", spec.task),
+        ("family", spec.family),
+        ("alias of", spec.alias_of or "-"),
         ("input", f"1x3x{spec.input_size[0]}x{spec.input_size[1]} RGB, H and W multiples of {spec.stride}"),
         ("normalisation", f"mean {spec.mean}, std {spec.std} on [0, 1]"),
-        ("outputs", ", ".join(spec.outputs)), ("classes", str(spec.num_classes)),
-        ("params", f"{params:,}"), ("MACs", f"{macs:,} at {spec.input_size[0]}x{spec.input_size[1]}"),
+        ("outputs", ", ".join(spec.outputs)),
+        ("classes", str(spec.num_classes)),
+        ("params", f"{params:,}"),
+        ("MACs", f"{macs:,} at {spec.input_size[0]}x{spec.input_size[1]}"),
     ]
     if spec.reference is not None:
         ref = spec.reference
         at_params, at_macs = complexity(name, tuple(ref.at))
         if ref.macs:
-            rows.append(("reference MACs", f"{ref.macs / 1e6:.1f}M at {ref.at[0]}x{ref.at[1]} ({ref.source}); "
-                                            f"built: {at_macs / 1e6:.1f}M ({at_macs / ref.macs - 1:+.2%})"))
+            rows.append(
+                (
+                    "reference MACs",
+                    f"{ref.macs / 1e6:.1f}M at {ref.at[0]}x{ref.at[1]} ({ref.source}); "
+                    f"built: {at_macs / 1e6:.1f}M ({at_macs / ref.macs - 1:+.2%})",
+                )
+            )
         if ref.params:
-            rows.append(("reference params", f"{ref.params / 1e6:.3f}M; built: {at_params / 1e6:.3f}M "
-                                              f"({at_params / ref.params - 1:+.2%})"))
+            rows.append(
+                (
+                    "reference params",
+                    f"{ref.params / 1e6:.3f}M; built: {at_params / 1e6:.3f}M ({at_params / ref.params - 1:+.2%})",
+                )
+            )
     if spec.torchvision_arch:
         rows.append(("loads", f"torchvision {spec.torchvision_arch} checkpoints (--weights)"))
     for part, value in _parts(name):
@@ -76,8 +89,11 @@ def artifact_info(folder: Path):
     table = Table(title=f"artifact {folder.name} (all file hashes verified)", show_header=False)
     parity = m.get("parity")
     rows = [
-        ("model", m["model"]), ("task", m["task"]), ("target / backend", f"{m['target']} / {m['backend']}"),
-        ("precision", m["precision"]), ("file", m["backend_file"]),
+        ("model", m["model"]),
+        ("task", m["task"]),
+        ("target / backend", f"{m['target']} / {m['backend']}"),
+        ("precision", m["precision"]),
+        ("file", m["backend_file"]),
         ("inputs", "; ".join(f"{t['name']} {t['shape']} {t['dtype']}" for t in m["inputs"])),
         ("outputs", "; ".join(f"{t['name']} {t['shape']} {t['dtype']}" for t in m["outputs"])),
         ("preprocessing", str(m["preprocessing"])),

@@ -70,8 +70,10 @@ def export(
     if dynamic_batch and spec.task == "detect":
         # The detectors loop over the batch in Python (per-image NMS), so the traced graph has the
         # batch it was exported with; the symbolic-dims check would only say "fixed" without why.
-        raise UsageError(f"{model_name} exports with a static batch (its per-image NMS is unrolled over "
-                         "the batch); use --batch N instead of --dynamic-batch.")
+        raise UsageError(
+            f"{model_name} exports with a static batch (its per-image NMS is unrolled over "
+            "the batch); use --batch N instead of --dynamic-batch."
+        )
     size = spec.check_input_size(input_size or spec.input_size)
     out = Path(out)
     final = out / artifact_name(model_name, target, precision)
@@ -84,17 +86,27 @@ def export(
 
     progress(f"building {model_name}")
     model = create_model(model_name, num_classes=num_classes, weights=weights, input_size=size)
-    options = ExportOptions(target=target, precision=precision, input_size=size, batch=batch,
-                            dynamic_batch=dynamic_batch, dynamic_size=dynamic_size, opset=opset,
-                            calib_dir=calib_dir, nhwc=nhwc, extra=dict(extra or {}))
+    options = ExportOptions(
+        target=target,
+        precision=precision,
+        input_size=size,
+        batch=batch,
+        dynamic_batch=dynamic_batch,
+        dynamic_size=dynamic_size,
+        opset=opset,
+        calib_dir=calib_dir,
+        nhwc=nhwc,
+        extra=dict(extra or {}),
+    )
     job = make_job(spec, model, options)
 
     with staging_folder(final) as tmp:
         progress(f"exporting to {target} ({precision})")
         result = exporter.export(job, tmp)
         result.info["notes"] = [n.replace("{artifact}", str(final)) for n in result.info.get("notes", [])]
-        manifest = write_manifest(tmp, manifest_for(job, result, num_classes=num_classes, weights=weights,
-                                                    seed=DEFAULT_SEED))
+        manifest = write_manifest(
+            tmp, manifest_for(job, result, num_classes=num_classes, weights=weights, seed=DEFAULT_SEED)
+        )
         report = None
         if parity:
             progress("running the parity gate")
@@ -107,8 +119,15 @@ def export(
     return ExportOutcome(final, manifest, report)
 
 
-def gate(folder: Path, manifest: dict, model, exporter, result: ExportResult, images=None,
-         progress: Callable[[str], None] = lambda msg: None):
+def gate(
+    folder: Path,
+    manifest: dict,
+    model,
+    exporter,
+    result: ExportResult,
+    images=None,
+    progress: Callable[[str], None] = lambda msg: None,
+):
     """The parity report of a freshly exported artifact; reduced precision also gates its float graph."""
     from lightdeploy.parity import run_parity
 

@@ -52,7 +52,7 @@ def augmented(images: dict[str, np.ndarray], copies: int, seed: int = 0) -> dict
             scale = rng.uniform(0.6, 1.0)
             ch, cw = max(8, int(h * scale)), max(8, int(w * scale))
             y, x = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
-            crop = img[y:y + ch, x:x + cw]
+            crop = img[y : y + ch, x : x + cw]
             out[f"{name}#aug{k}"] = np.ascontiguousarray(crop[:, ::-1] if rng.random() < 0.5 else crop)
     return out
 

@@ -10,8 +10,19 @@ from importlib import metadata
 __version__ = "0.1.0"
 
 # The packages whose versions decide what an export produces (recorded in the manifest).
-TOOLCHAIN = ("torch", "onnx", "onnxscript", "onnxsim", "onnxruntime", "openvino", "nncf", "litert-torch",
-             "ai-edge-litert", "ai-edge-quantizer", "tensorrt")
+TOOLCHAIN = (
+    "torch",
+    "onnx",
+    "onnxscript",
+    "onnxsim",
+    "onnxruntime",
+    "openvino",
+    "nncf",
+    "litert-torch",
+    "ai-edge-litert",
+    "ai-edge-quantizer",
+    "tensorrt",
+)
 
 
 def package_version(package: str) -> str | None:

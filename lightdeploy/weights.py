@@ -40,7 +40,9 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             f"dict (torch.save(model.state_dict(), path)) or as .safetensors. Detail: {str(exc).splitlines()[0]}"
         ) from None
     except Exception as exc:
-        raise UsageError(f"Cannot read weights file {str(path)!r}: {exc}. Give a PyTorch state dict or a .safetensors file.") from None
+        raise UsageError(
+            f"Cannot read weights file {str(path)!r}: {exc}. Give a PyTorch state dict or a .safetensors file."
+        ) from None
     return _unwrap(obj, path)
 
 
@@ -55,7 +57,7 @@ def _unwrap(obj, path: Path) -> dict[str, torch.Tensor]:
         raise UsageError(f"Weights file {str(path)!r} holds no state dict (a mapping of names to tensors).")
     state = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
     if state and all(k.startswith("module.") for k in state):
-        state = {k[len("module."):]: v for k, v in state.items()}
+        state = {k[len("module.") :]: v for k, v in state.items()}
     return state
 
 
@@ -67,18 +69,24 @@ def load_weights(model: nn.Module, path: str | Path, model_name: str) -> None:
     unexpected = [k for k in state if k not in expected]
     wrong_shape = [
         f"{k} (file {tuple(state[k].shape)}, model {tuple(expected[k].shape)})"
-        for k in expected if k in state and state[k].shape != expected[k].shape
+        for k in expected
+        if k in state and state[k].shape != expected[k].shape
     ]
     if missing or unexpected or wrong_shape:
         parts = []
-        for label, keys in (("missing from the file", missing), ("not in the model", unexpected),
-                            ("with a different shape", wrong_shape)):
+        for label, keys in (
+            ("missing from the file", missing),
+            ("not in the model", unexpected),
+            ("with a different shape", wrong_shape),
+        ):
             if keys:
                 more = f" and {len(keys) - _SHOW} more" if len(keys) > _SHOW else ""
                 parts.append(f"{len(keys)} key(s) {label}: {', '.join(keys[:_SHOW])}{more}")
         hint = _num_classes_hint(state, expected)
         raise UsageError(
-            f"Weights file {str(path)!r} does not fit model {model_name!r}: " + "; ".join(parts) + ". "
+            f"Weights file {str(path)!r} does not fit model {model_name!r}: "
+            + "; ".join(parts)
+            + ". "
             + (hint or "Check that the file was saved from this model (same name and width).")
         )
     model.load_state_dict(state, strict=True)
@@ -89,5 +97,7 @@ def _num_classes_hint(state: dict, expected: dict) -> str | None:
     for key, tensor in expected.items():
         if key.endswith(".weight") and tensor.ndim == 2 and key in state and state[key].ndim == 2:
             if state[key].shape[1] == tensor.shape[1] and state[key].shape[0] != tensor.shape[0]:
-                return f"The file's classifier has {state[key].shape[0]} classes: add --num-classes {state[key].shape[0]}."
+                return (
+                    f"The file's classifier has {state[key].shape[0]} classes: add --num-classes {state[key].shape[0]}."
+                )
     return None

@@ -41,7 +41,9 @@ def open_runtime(folder: str | Path, manifest: dict | None = None, threads: int 
     manifest = manifest or read_manifest(folder)
     backend = manifest.get("backend")
     if backend not in BACKENDS:
-        raise ArtifactError(f"Artifact {str(folder)!r} names an unknown backend {backend!r}; known: {sorted(BACKENDS)}.")
+        raise ArtifactError(
+            f"Artifact {str(folder)!r} names an unknown backend {backend!r}; known: {sorted(BACKENDS)}."
+        )
     return importlib.import_module(BACKENDS[backend]).open_artifact(folder, manifest, threads=threads)
 
 

@@ -17,8 +17,9 @@ from lightdeploy.errors import UsageError
 from lightdeploy.runtimes._tensorrt_env import gpu_info, import_tensorrt
 
 
-def build_engine(onnx_path: Path, plan: dict, engine_path: Path, cache_path: Path | None = None,
-                 progress=lambda msg: None) -> dict:
+def build_engine(
+    onnx_path: Path, plan: dict, engine_path: Path, cache_path: Path | None = None, progress=lambda msg: None
+) -> dict:
     """Build ``engine_path`` from ``onnx_path`` per the plan; return facts for the manifest."""
     trt = import_tensorrt()
     gpu = gpu_info()
@@ -30,8 +31,10 @@ def build_engine(onnx_path: Path, plan: dict, engine_path: Path, cache_path: Pat
     progress(f"parsing {onnx_path.name} with TensorRT {trt.__version__}")
     if not parser.parse_from_file(str(onnx_path)):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise UsageError(f"TensorRT's ONNX parser rejected {onnx_path.name}: {errors}. "
-                         "Run `lightdeploy check` on the model for the unsupported nodes.")
+        raise UsageError(
+            f"TensorRT's ONNX parser rejected {onnx_path.name}: {errors}. "
+            "Run `lightdeploy check` on the model for the unsupported nodes."
+        )
     settings = plan["builder"]
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(settings["workspace_bytes"]))
@@ -58,12 +61,18 @@ def build_engine(onnx_path: Path, plan: dict, engine_path: Path, cache_path: Pat
     if cache_path is not None:
         cache_path.write_bytes(bytes(config.get_timing_cache().serialize()))
     return {
-        "file": engine_path.name, "tensorrt_version": trt.__version__, "gpu": gpu,
-        "onnx": onnx_path.name, "flags": list(settings["flags"]), "profiles": plan.get("profiles", []),
-        "fp32_layers_requested": len(pinned), "fp32_layers_applied": len(applied),
+        "file": engine_path.name,
+        "tensorrt_version": trt.__version__,
+        "gpu": gpu,
+        "onnx": onnx_path.name,
+        "flags": list(settings["flags"]),
+        "profiles": plan.get("profiles", []),
+        "fp32_layers_requested": len(pinned),
+        "fp32_layers_applied": len(applied),
         "fp32_layers_not_found": sorted(pinned - {n for n, _ in applied}),
         "timing_cache": cache_path.name if cache_path is not None else None,
-        "timing_cache_reused": bool(cache_bytes), "build_seconds": round(seconds, 1),
+        "timing_cache_reused": bool(cache_bytes),
+        "build_seconds": round(seconds, 1),
         "layers": network.num_layers,
     }
 
@@ -96,7 +105,7 @@ def _made_from(layer_name: str, metadata: str, node: str) -> bool:
     (not a digit: dynamo names siblings node_relu, node_relu_1, ...), or the node in the metadata."""
     if layer_name == node or f"[ONNX Layer: {node}]" in metadata:
         return True
-    rest = layer_name[len(node) + 1:] if layer_name.startswith(node + "_") else ""
+    rest = layer_name[len(node) + 1 :] if layer_name.startswith(node + "_") else ""
     return bool(rest) and not rest[0].isdigit()
 
 
@@ -106,6 +115,9 @@ def engine_key(folder: Path, plan: dict, trt_version: str, gpu: dict) -> str:
 
     digest = hashlib.sha256()
     digest.update((folder / plan["onnx"]).read_bytes())
-    digest.update(json.dumps([plan["builder"], plan.get("profiles"), trt_version, gpu["name"],
-                              gpu["compute_capability"]], sort_keys=True).encode())
+    digest.update(
+        json.dumps(
+            [plan["builder"], plan.get("profiles"), trt_version, gpu["name"], gpu["compute_capability"]], sort_keys=True
+        ).encode()
+    )
     return digest.hexdigest()[:24]

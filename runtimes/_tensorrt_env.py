@@ -14,8 +14,10 @@ PLAN_FILE = "trt_plan.json"
 ENGINE_FILE = "model.engine"
 TIMING_CACHE_FILE = "timing.cache"
 
-TRT_INSTALL = ("pip install 'lightdeploy[trt]' --extra-index-url https://pypi.nvidia.com "
-               "(TensorRT's libraries come from NVIDIA's index)")
+TRT_INSTALL = (
+    "pip install 'lightdeploy[trt]' --extra-index-url https://pypi.nvidia.com "
+    "(TensorRT's libraries come from NVIDIA's index)"
+)
 
 
 def import_tensorrt():
@@ -61,8 +63,12 @@ def gpu_info(device: int = 0) -> dict:
         raise MissingDependencyError("TensorRT needs an NVIDIA GPU; cuda-python finds no CUDA device here.")
     props = cuda_check(cudart.cudaGetDeviceProperties(device))
     name = props.name.decode(errors="replace").rstrip("\x00") if isinstance(props.name, bytes) else str(props.name)
-    return {"name": name, "compute_capability": f"{props.major}.{props.minor}", "device": device,
-            "memory_bytes": int(props.totalGlobalMem)}
+    return {
+        "name": name,
+        "compute_capability": f"{props.major}.{props.minor}",
+        "device": device,
+        "memory_bytes": int(props.totalGlobalMem),
+    }
 
 
 def trt_environment() -> tuple[bool, str]:

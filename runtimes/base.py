@@ -15,14 +15,23 @@ from lightdeploy.errors import UsageError
 
 # ONNX element type names (as ONNX Runtime reports them inside "tensor(...)", and as
 # TensorProto.DataType names in lower case) -> the numpy dtype names the manifest uses.
-_ONNX_TYPE_NAMES = {"float": "float32", "double": "float64", "float16": "float16", "bfloat16": "bfloat16",
-                    "int64": "int64", "int32": "int32", "int16": "int16", "int8": "int8", "uint8": "uint8",
-                    "bool": "bool"}
+_ONNX_TYPE_NAMES = {
+    "float": "float32",
+    "double": "float64",
+    "float16": "float16",
+    "bfloat16": "bfloat16",
+    "int64": "int64",
+    "int32": "int32",
+    "int16": "int16",
+    "int8": "int8",
+    "uint8": "uint8",
+    "bool": "bool",
+}
 
 
 def onnx_type_to_numpy(name: str) -> str:
     """'tensor(float)' or 'float' -> 'float32'; an unknown type keeps its name."""
-    inner = name[len("tensor("):-1] if name.startswith("tensor(") else name
+    inner = name[len("tensor(") : -1] if name.startswith("tensor(") else name
     return _ONNX_TYPE_NAMES.get(inner, inner)
 
 

@@ -38,8 +38,10 @@ class Detector(TaskModel):
         outputs = self.infer(x)
         missing = [n for n in REQUIRED if n not in outputs]
         if missing:
-            raise ArtifactError(f"This detector artifact lacks the output(s) {missing}; a detector must end in "
-                                f"{', '.join(REQUIRED)} (re-export it with lightdeploy).")
+            raise ArtifactError(
+                f"This detector artifact lacks the output(s) {missing}; a detector must end in "
+                f"{', '.join(REQUIRED)} (re-export it with lightdeploy)."
+            )
         n = int(np.asarray(outputs["num_detections"]).reshape(-1)[0])
         boxes = np.asarray(outputs["boxes"][0][:n], np.float32)
         scores = np.asarray(outputs["scores"][0][:n], np.float32)

@@ -26,8 +26,7 @@ def sha256(path: Path) -> str:
 def file_hashes(folder: Path) -> dict[str, str]:
     """{relative path: sha256} of every file in ``folder`` except the manifest itself."""
     return {
-        str(p.relative_to(folder)): sha256(p)
-        for p in sorted(folder.rglob("*")) if p.is_file() and p.name != MANIFEST
+        str(p.relative_to(folder)): sha256(p) for p in sorted(folder.rglob("*")) if p.is_file() and p.name != MANIFEST
     }
 
 

@@ -13,10 +13,17 @@ from lightdeploy.runtimes.base import RuntimeBase, TensorSpec, onnx_type_to_nump
 class OnnxRuntimeBackend(RuntimeBase):
     backend = "onnxruntime"
 
-    def __init__(self, model: str | Path | bytes, threads: int | None = None):
-        """``model``: an .onnx file, or a serialised ModelProto (graphs made in memory, e.g. estimates)."""
+    def __init__(self, model: str | Path | bytes, threads: int | None = None, *, fuse_quantized: bool = True):
+        """``model``: an .onnx file, or a serialised ModelProto (graphs made in memory, e.g. estimates).
+
+        ``fuse_quantized=False`` keeps QuantizeLinear / DequantizeLinear as separate float ops instead of
+        fusing them into ONNX Runtime's int8 kernels: exact fake-quantisation, independent of the host
+        CPU (on x86 without VNNI the fused u8s8 kernels saturate; docs/measurements.md#qdq-estimate).
+        """
         ort = require("onnxruntime", package="onnxruntime", extra="onnx", purpose="Running ONNX artifacts")
         options = ort.SessionOptions()
+        if not fuse_quantized:
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
         if threads:
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1

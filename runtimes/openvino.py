@@ -26,8 +26,7 @@ INFERENCE_PRECISION = "f32"
 class OpenVinoBackend(RuntimeBase):
     backend = "openvino"
 
-    def __init__(self, model_path: str | Path, threads: int | None = None,
-                 output_names: list[str] | None = None):
+    def __init__(self, model_path: str | Path, threads: int | None = None, output_names: list[str] | None = None):
         if threads is not None and (not isinstance(threads, int) or threads < 1):
             raise UsageError(f"threads must be a positive integer; got {threads!r}.")
         ov = require("openvino", package="openvino", extra="openvino", purpose="Running OpenVINO artifacts")

@@ -26,5 +26,7 @@ class Segmenter(TaskModel):
         outputs = self.infer(x)
         mask = outputs["mask"][0] if "mask" in outputs else outputs["logits"][0].argmax(0)
         if mask.shape != rgb.shape[:2]:  # nearest keeps class ids intact
-            mask = np.asarray(Image.fromarray(mask.astype(np.int32)).resize((rgb.shape[1], rgb.shape[0]), Image.NEAREST))
+            mask = np.asarray(
+                Image.fromarray(mask.astype(np.int32)).resize((rgb.shape[1], rgb.shape[0]), Image.NEAREST)
+            )
         return Segmentation(mask.astype(np.int64), self.class_names)

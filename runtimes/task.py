@@ -18,9 +18,7 @@ class TaskModel:
         self.runtime = runtime
         self.manifest = manifest
         self.preprocessing = manifest["preprocessing"]
-        self.class_names = manifest.get("class_names") or [
-            f"class {i}" for i in range(manifest.get("num_classes", 0))
-        ]
+        self.class_names = manifest.get("class_names") or [f"class {i}" for i in range(manifest.get("num_classes", 0))]
 
     @property
     def input_name(self) -> str:

@@ -80,8 +80,10 @@ class TensorRTBackend(RuntimeBase):
         for spec in self.outputs:
             shape = tuple(self._context.get_tensor_shape(spec.name))
             if any(d < 0 for d in shape):
-                raise ArtifactError(f"Output {spec.name!r} has a data-dependent shape {shape}; this runtime "
-                                    "needs outputs of known size (the detectors' fixed-size outputs).")
+                raise ArtifactError(
+                    f"Output {spec.name!r} has a data-dependent shape {shape}; this runtime "
+                    "needs outputs of known size (the detectors' fixed-size outputs)."
+                )
             out = np.empty(shape, dtype=np.dtype(spec.dtype))
             self._context.set_tensor_address(spec.name, self._device(spec.name, out.nbytes))
             results[spec.name] = out

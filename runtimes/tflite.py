@@ -80,8 +80,10 @@ class TFLiteBackend(RuntimeBase):
             detail = self._in[spec.name]
             interp.set_tensor(detail["index"], _to_tensor(feeds[spec.name], detail))
         interp.invoke()
-        return {spec.name: _from_tensor(interp.get_tensor(self._out[spec.name]["index"]), self._out[spec.name], spec)
-                for spec in self.outputs}
+        return {
+            spec.name: _from_tensor(interp.get_tensor(self._out[spec.name]["index"]), self._out[spec.name], spec)
+            for spec in self.outputs
+        }
 
 
 def _resolve(specs: list[TensorSpec], details: list[dict], kind: str, path) -> dict[str, dict]:

@@ -58,5 +58,7 @@ def classifier_artifact(tmp_path_factory) -> Path:
 
 def run_cli(*args: str, cwd: Path | None = None, prelude: str = "") -> subprocess.CompletedProcess:
     """Run the CLI in a subprocess (``prelude``: Python run first, e.g. to hide a package)."""
-    code = f"{prelude}\nimport sys\nfrom lightdeploy.cli import main\nsys.argv = ['lightdeploy', *{list(args)!r}]\nmain()"
+    code = (
+        f"{prelude}\nimport sys\nfrom lightdeploy.cli import main\nsys.argv = ['lightdeploy', *{list(args)!r}]\nmain()"
+    )
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=cwd, timeout=600)

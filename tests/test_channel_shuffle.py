@@ -28,8 +28,15 @@ def test_eager_matches_interleaving():
 def test_onnx_forms_match_eager(tmp_path, variant):
     table = {**onnx_translation_table(), torch.ops.lightdeploy.channel_shuffle.default: cs.ONNX_VARIANTS[variant]}
     x = torch.randn(2, 12, 6, 6)  # 12 channels, H = W = 6 = split size: the case onnx2tf got wrong
-    program = torch.onnx.export(Shuffle(), (x,), dynamo=True, custom_translation_table=table,
-                                input_names=["x"], output_names=["y"], dynamic_shapes=({0: "batch"},))
+    program = torch.onnx.export(
+        Shuffle(),
+        (x,),
+        dynamo=True,
+        custom_translation_table=table,
+        input_names=["x"],
+        output_names=["y"],
+        dynamic_shapes=({0: "batch"},),
+    )
     path = tmp_path / "m.onnx"
     program.save(str(path))
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])

@@ -40,10 +40,14 @@ def test_size_not_divisible(tmp_path):
 
 
 def test_weights_missing_and_pickled_code(tmp_path):
-    r = run_cli("export", "snet49", "--to", "onnx", "--weights", str(tmp_path / "none.pth"), "--out", str(tmp_path / "o"))
+    r = run_cli(
+        "export", "snet49", "--to", "onnx", "--weights", str(tmp_path / "none.pth"), "--out", str(tmp_path / "o")
+    )
     assert r.returncode == 2 and "does not exist" in r.stderr
     evil = tmp_path / "evil.pth"
-    evil.write_bytes(b"\x80\x04\x95\x1a\x00\x00\x00\x00\x00\x00\x00\x8c\x02os\x94\x8c\x06system\x94\x93\x94\x8c\x02id\x94\x85\x94R\x94.")
+    evil.write_bytes(
+        b"\x80\x04\x95\x1a\x00\x00\x00\x00\x00\x00\x00\x8c\x02os\x94\x8c\x06system\x94\x93\x94\x8c\x02id\x94\x85\x94R\x94."
+    )
     r = run_cli("export", "snet49", "--to", "onnx", "--weights", str(evil), "--out", str(tmp_path / "o"))
     assert r.returncode == 2 and "Refused to load" in r.stderr
     assert _no_artifacts(tmp_path / "o")
@@ -57,8 +61,18 @@ def test_output_dir_not_writable(tmp_path):
 
 
 def test_missing_optional_package(tmp_path):
-    r = run_cli("export", "snet49", "--to", "onnx", "--input-size", "64", "64", "--out", str(tmp_path / "o"),
-                prelude="import sys; sys.modules['onnxscript'] = None")
+    r = run_cli(
+        "export",
+        "snet49",
+        "--to",
+        "onnx",
+        "--input-size",
+        "64",
+        "64",
+        "--out",
+        str(tmp_path / "o"),
+        prelude="import sys; sys.modules['onnxscript'] = None",
+    )
     assert r.returncode == 3 and "pip install 'lightdeploy[onnx]'" in r.stderr
     assert _no_artifacts(tmp_path / "o")
 
@@ -111,8 +125,18 @@ def test_export_predict_bench_end_to_end(tmp_path, cat_image):
     assert r.returncode == 0, r.stderr
     png = tmp_path / "pred" / "cat-snet49-onnx-fp32.png"
     assert Image.open(png).size[1] > 64
-    r = run_cli("bench", str(art), "--runs", "3", "--warmup", "1", "--json", str(tmp_path / "b.json"),
-                "--plot", str(tmp_path / "b.png"))
+    r = run_cli(
+        "bench",
+        str(art),
+        "--runs",
+        "3",
+        "--warmup",
+        "1",
+        "--json",
+        str(tmp_path / "b.json"),
+        "--plot",
+        str(tmp_path / "b.png"),
+    )
     assert r.returncode == 0, r.stderr
     rows = json.loads((tmp_path / "b.json").read_text())
     assert [row["runtime"] for row in rows] == ["eager", "onnxruntime/fp32"] and rows[1]["ratio_to_eager"] > 0

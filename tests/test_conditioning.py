@@ -44,13 +44,17 @@ def rounding(model, noise: str | None, under: str | None = None):
     """Perturb every conv and linear output (under module path ``under`` only, if given) as an
     artifact's rounding would: "int8" adds uniform noise of one per-tensor int8 step (max |activation|
     / 127), "fp16" rounds to float16, None leaves the model alone.  Seeded, so runs repeat."""
+
     def perturb(module, inputs, out):
         if noise == "fp16":
             return out.float().half().to(out.dtype)
         return out + (torch.rand_like(out) - 0.5) * out.abs().amax() / 127
 
-    hooks = [m.register_forward_hook(perturb) for path, m in model.named_modules()
-             if noise and isinstance(m, (nn.Conv2d, nn.Linear)) and (under is None or path.startswith(under + "."))]
+    hooks = [
+        m.register_forward_hook(perturb)
+        for path, m in model.named_modules()
+        if noise and isinstance(m, (nn.Conv2d, nn.Linear)) and (under is None or path.startswith(under + "."))
+    ]
     torch.manual_seed(0)
     try:
         yield
@@ -142,7 +146,9 @@ class _NoShuffle:
 
 MUTATIONS = {
     "bgr_input": lambda model, x: logits(model, x.flip(1)),
-    "pointwise_inputs_permuted": lambda model, x: logits(_middle_pointwise_conv_inputs_permuted(copy.deepcopy(model)), x),
+    "pointwise_inputs_permuted": lambda model, x: logits(
+        _middle_pointwise_conv_inputs_permuted(copy.deepcopy(model)), x
+    ),
     "shortcut_dropped": lambda model, x: logits(_middle_shortcut_dropped(copy.deepcopy(model)), x),
 }
 
@@ -153,7 +159,8 @@ def _shuffle_off(model, x):
 
 
 CASES = [("mobilenetv2", m) for m in MUTATIONS] + [
-    (name, mutation) for name in ("shufflenetv2", "snet49")
+    (name, mutation)
+    for name in ("shufflenetv2", "snet49")
     for mutation in ("bgr_input", "pointwise_inputs_permuted", "shuffle_off")
 ]
 # Bugs the int8 row does not see on random weights (measured at 224x224: worst-input cosine, as the
@@ -189,8 +196,13 @@ def test_reduced_precision_rows_fail_broken_exports(name, mutation, precision):
     def per_input(t):  # as the gate holds them: one array per input
         return [row[None] for row in t.numpy()]
 
-    report = compare({"logits": per_input(ref)}, {"logits": per_input(broken)}, manifest,
-                     tolerance_for("openvino", precision), [f"photo{i}" for i in range(len(x))])
+    report = compare(
+        {"logits": per_input(ref)},
+        {"logits": per_input(broken)},
+        manifest,
+        tolerance_for("openvino", precision),
+        [f"photo{i}" for i in range(len(x))],
+    )
     assert not report.passed, report.summary()
 
 
@@ -232,8 +244,9 @@ def test_int8_rounding_alone_fails_a_random_detectors_box_f1():
     ref = detections(model, inputs)
 
     def f1(precision, **noise):
-        checks, _ = detect_checks(ref, detections(model, inputs, **noise), tolerance_for("openvino", precision),
-                                  list(STANDARD_OUTPUTS))
+        checks, _ = detect_checks(
+            ref, detections(model, inputs, **noise), tolerance_for("openvino", precision), list(STANDARD_OUTPUTS)
+        )
         return checks[0]
 
     assert f1("fp16", noise="fp16").passed

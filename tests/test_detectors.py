@@ -27,8 +27,11 @@ K = det.MAX_DETECTIONS
 def build(name: str, size=None, **kwargs) -> torch.nn.Module:
     spec = get_spec(name)
     torch.manual_seed(0)
-    return spec.builder(num_classes=kwargs.pop("num_classes", spec.num_classes),
-                        input_size=size or spec.input_size, **{**spec.builder_kwargs, **kwargs}).eval()
+    return spec.builder(
+        num_classes=kwargs.pop("num_classes", spec.num_classes),
+        input_size=size or spec.input_size,
+        **{**spec.builder_kwargs, **kwargs},
+    ).eval()
 
 
 # ------------------------------------------------------------------------------------ registration
@@ -66,8 +69,9 @@ def check_contract(outputs, batch: int, size, num_classes: int = 80):
         assert (scores[b, n:] == 0).all() and (labels[b, n:] == -1).all() and (boxes[b, n:] == 0).all()
 
 
-@pytest.mark.parametrize("name,size", [("thundernet_snet49", (320, 320)), ("thundernet_snet146", (128, 192)),
-                                       ("lighthead_rcnn", (128, 128))])
+@pytest.mark.parametrize(
+    "name,size", [("thundernet_snet49", (320, 320)), ("thundernet_snet146", (128, 192)), ("lighthead_rcnn", (128, 128))]
+)
 def test_forward_contract(name, size):
     model = build(name, size)
     with torch.no_grad():
@@ -254,8 +258,9 @@ def raw_artifact(tmp_path_factory):
     from lightdeploy.pipeline import export
 
     out = tmp_path_factory.mktemp("detectors")
-    return export("thundernet_snet49", "onnx", input_size=(64, 64), out=out, parity=False,
-                  extra={"raw_heads": True}).folder
+    return export(
+        "thundernet_snet49", "onnx", input_size=(64, 64), out=out, parity=False, extra={"raw_heads": True}
+    ).folder
 
 
 def test_sam_is_conv_sigmoid_mul(raw_artifact):

@@ -68,7 +68,7 @@ def pip_installs(name: str) -> list[list[str]]:
         for words in commands + [current]:
             for i in range(len(words) - 1):
                 if words[i] == "pip" and words[i + 1] == "install":
-                    out.append(words[i + 2:])
+                    out.append(words[i + 2 :])
                     break
     return out
 
@@ -112,7 +112,9 @@ def test_installs_an_extra_pyproject_defines(name):
 @pytest.mark.parametrize("name", [n for n, extra in IMAGES.items() if extra])
 def test_torch_at_the_pyproject_pin_from_the_cpu_index(name):
     torch_pin = pins()["torch"]
-    torch_installs = [args for args in pip_installs(name) if any(r.startswith("torch") for r in requirement_names(args))]
+    torch_installs = [
+        args for args in pip_installs(name) if any(r.startswith("torch") for r in requirement_names(args))
+    ]
     assert torch_installs, f"{name}.Dockerfile does not install torch explicitly (PyPI's Linux wheel is the CUDA build)"
     for args in torch_installs:
         assert f"torch=={torch_pin}" in args, f"{name}.Dockerfile installs torch unpinned or at another version"
@@ -140,7 +142,9 @@ def test_tflite_image_is_runtime_only():
     assert any("--no-deps" in args and "." in args for args in installs), "lightdeploy must be installed --no-deps"
     runtime = {re.split(r"[=<>]", r)[0].lower(): r for args in installs for r in requirement_names(args) if r != "."}
     assert set(runtime) == {"numpy", "pillow", "ai-edge-litert"}, f"runtime-only image installs {sorted(runtime)}"
-    assert runtime["ai-edge-litert"] == f"ai-edge-litert=={pins()['ai-edge-litert']}", "LiteRT pin differs from pyproject"
+    assert runtime["ai-edge-litert"] == f"ai-edge-litert=={pins()['ai-edge-litert']}", (
+        "LiteRT pin differs from pyproject"
+    )
     tflite_extra = " ".join(pyproject()["project"]["optional-dependencies"]["tflite"])
     assert "ai-edge-litert" in tflite_extra
     runs = " ".join(rest for head, rest in instructions("tflite") if head == "RUN")

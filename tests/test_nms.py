@@ -24,7 +24,7 @@ def reference_nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: floa
             continue
         kept.append(i)
         area_i = (b[i, 2] - b[i, 0]) * (b[i, 3] - b[i, 1])
-        for j in order[position + 1:]:
+        for j in order[position + 1 :]:
             w = (torch.minimum(b[i, 2], b[j, 2]) - torch.maximum(b[i, 0], b[j, 0])).clamp(min=0)
             h = (torch.minimum(b[i, 3], b[j, 3]) - torch.maximum(b[i, 1], b[j, 1])).clamp(min=0)
             inter = w * h
@@ -40,8 +40,7 @@ def reference_batched_nms(boxes, scores, idxs, iou_threshold) -> list[int]:
     kept = []
     for c in idxs.unique().tolist():
         members = torch.nonzero(idxs == c).flatten()
-        kept += [int(members[k]) for k in reference_nms(boxes[members], scores[members],
-                                                        iou_threshold)]
+        kept += [int(members[k]) for k in reference_nms(boxes[members], scores[members], iou_threshold)]
     return sorted(kept, key=lambda i: (-float(scores[i]), i))
 
 
@@ -70,8 +69,12 @@ def special_cases():
     yield "random_ties_low_threshold", boxes, scores, 0.1
     yield "all_equal_scores", boxes, torch.full((60,), 0.5), 0.3
     yield "all_suppressed", same, torch.tensor([0.2, 0.9, 0.9, 0.1, 0.5]), 0.5
-    yield "zero_area_boxes", torch.tensor([[5.0, 5, 5, 5], [5, 5, 5, 5], [0, 0, 9, 9]]), \
-        torch.tensor([0.9, 0.8, 0.7]), 0.0
+    yield (
+        "zero_area_boxes",
+        torch.tensor([[5.0, 5, 5, 5], [5, 5, 5, 5], [0, 0, 9, 9]]),
+        torch.tensor([0.9, 0.8, 0.7]),
+        0.0,
+    )
     yield "empty", torch.zeros(0, 4), torch.zeros(0), 0.5
     for k, (b, s, t, _) in enumerate(AT_THRESHOLD):
         yield f"at_threshold_{k}", b, s, t
@@ -178,9 +181,14 @@ def export(module, args, path):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
-            module, args, dynamo=True,
+            module,
+            args,
+            dynamo=True,
             custom_translation_table=lightdeploy.ops.onnx_translation_table(),
-            opset_version=18, input_names=names, external_data=False, verbose=False,
+            opset_version=18,
+            input_names=names,
+            external_data=False,
+            verbose=False,
             dynamic_shapes={name: {0: n} for name in ["boxes", "scores", "idxs"][: len(args)]},
         )
     program.save(str(path))

@@ -47,8 +47,11 @@ def _check(outcome, name, precision):
 
 
 def _precision_params():
-    return [pytest.param(name, precision, id=f"{name}-{precision}")
-            for name in registered() for precision in ("fp32", "fp16")]
+    return [
+        pytest.param(name, precision, id=f"{name}-{precision}")
+        for name in registered()
+        for precision in ("fp32", "fp16")
+    ]
 
 
 @pytest.mark.parametrize("name,precision", _precision_params())
@@ -98,8 +101,9 @@ def fp32_artifact(tmp_path_factory):
 
 
 def test_fp16_weights_are_half_the_size(fp32_artifact, tmp_path):
-    fp16 = export("shufflenetv2_x0.5", "openvino", precision="fp16", input_size=(64, 64), out=tmp_path,
-                  parity=False).folder
+    fp16 = export(
+        "shufflenetv2_x0.5", "openvino", precision="fp16", input_size=(64, 64), out=tmp_path, parity=False
+    ).folder
     ratio = (fp16 / "model.bin").stat().st_size / (fp32_artifact / "model.bin").stat().st_size
     assert 0.45 < ratio < 0.55
 
@@ -107,8 +111,7 @@ def test_fp16_weights_are_half_the_size(fp32_artifact, tmp_path):
 @pytest.fixture(scope="module")
 def int8_artifact(tmp_path_factory):
     out = tmp_path_factory.mktemp("ov8")
-    return export("mobilenetv2_x0.35", "openvino", precision="int8", input_size=(64, 64), out=out,
-                  parity=False).folder
+    return export("mobilenetv2_x0.35", "openvino", precision="int8", input_size=(64, 64), out=out, parity=False).folder
 
 
 def test_int8_manifest_says_what_calibrated_it(int8_artifact):
@@ -153,7 +156,8 @@ def test_permutation_gather_guard_on_a_tiny_graph(tmp_path):
     w = rng.standard_normal((4, 8, 1, 1)).astype(np.float32)
     graph = helper.make_graph(
         [helper.make_node("Gather", ["x", "perm"], ["g"], axis=1), helper.make_node("Conv", ["g", "w"], ["y"])],
-        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 4, 4])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 4, 4])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 4, 4])],
         initializer=[numpy_helper.from_array(perm, "perm"), numpy_helper.from_array(w, "w")],
     )
@@ -273,8 +277,13 @@ def _psroi_module():
             super().__init__()
             torch.manual_seed(0)
             self.conv = torch.nn.Conv2d(3, 18, 3, padding=1)
-            boxes = [[0, 0, 0, 63, 63], [0, 5.3, 7.9, 40.2, 30.1], [0, -6, -4, 20, 70],  # whole, inner, outside
-                     [0, 30.5, 30.5, 31.0, 31.25], [0, 48, 2, 64, 17]]  # sub-pixel, right edge
+            boxes = [
+                [0, 0, 0, 63, 63],
+                [0, 5.3, 7.9, 40.2, 30.1],
+                [0, -6, -4, 20, 70],  # whole, inner, outside
+                [0, 30.5, 30.5, 31.0, 31.25],
+                [0, 48, 2, 64, 17],
+            ]  # sub-pixel, right edge
             self.register_buffer("boxes", torch.tensor(boxes))
 
         def forward(self, image):
@@ -284,8 +293,9 @@ def _psroi_module():
     return PSRoI().eval()
 
 
-@pytest.mark.parametrize("variant", ["roi_align_all_channels", "roi_align_per_bin", "roi_align_bins_as_batch",
-                                     "bilinear_gather"])
+@pytest.mark.parametrize(
+    "variant", ["roi_align_all_channels", "roi_align_per_bin", "roi_align_bins_as_batch", "bilinear_gather"]
+)
 def test_ps_roi_align_through_openvino(variant, tmp_path, monkeypatch):
     """The ONNX lowerings of PSRoIAlign (opset-16 RoiAlign, half_pixel) convert to OpenVINO ROIAlign
     with aligned_mode half_pixel_for_nn (OpenVINO's 'half_pixel' would be 0.09 off) and match eager."""
@@ -298,8 +308,9 @@ def test_ps_roi_align_through_openvino(variant, tmp_path, monkeypatch):
 
     monkeypatch.setattr(psmod, "ONNX_TRANSLATIONS", {psmod._OP: psmod.ONNX_VARIANTS[variant]})
     module = _psroi_module()
-    job = ExportJob(model=module, spec=None, options=ExportOptions(target="openvino", input_size=(64, 64)),
-                    output_names=("pooled",))
+    job = ExportJob(
+        model=module, spec=None, options=ExportOptions(target="openvino", input_size=(64, 64)), output_names=("pooled",)
+    )
     export_onnx(job, tmp_path / "model.onnx")
     model = ov.convert_model(str(tmp_path / "model.onnx"))
     modes = [op.get_attributes()["aligned_mode"] for op in model.get_ordered_ops() if op.get_type_name() == "ROIAlign"]
@@ -326,8 +337,11 @@ def test_stable_topk_rewrite_orders_ties_by_index(mode, values):
     from lightdeploy.exporters.openvino.rewrites import stable_topk
 
     rng = np.random.default_rng(0)
-    x = {"random": rng.standard_normal((3, 300)), "ties": np.round(rng.random((3, 300)), 1),
-         "all_equal": np.ones((3, 300))}[values].astype(np.float32)
+    x = {
+        "random": rng.standard_normal((3, 300)),
+        "ties": np.round(rng.random((3, 300)), 1),
+        "all_equal": np.ones((3, 300)),
+    }[values].astype(np.float32)
     k = 40
     param = ops.parameter([3, 300], np.float32, name="x")
     topk = ops.topk(param, ops.constant(np.int64(k)), -1, mode, "value", "i64", False)

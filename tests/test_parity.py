@@ -50,8 +50,13 @@ def _manifest(task="classify", precision="fp32"):
 def test_compare_fails_on_top1_flip_and_error():
     rng = np.random.default_rng(0)
     ref = [rng.standard_normal((1, 10)).astype(np.float32) for _ in range(4)]
-    good = compare({"logits": ref}, {"logits": [r + 1e-7 for r in ref]}, _manifest(),
-                   tolerance_for("onnxruntime", "fp32"), ["a", "b", "c", "d"])
+    good = compare(
+        {"logits": ref},
+        {"logits": [r + 1e-7 for r in ref]},
+        _manifest(),
+        tolerance_for("onnxruntime", "fp32"),
+        ["a", "b", "c", "d"],
+    )
     assert good.passed
     flipped = [r.copy() for r in ref]
     flipped[0][0, ref[0].argmin()] = 100.0
@@ -65,14 +70,21 @@ def test_compare_fails_on_top1_flip_and_error():
 def test_int8_judges_top1_only_where_margin_is_clear():
     ref = [np.array([[5.0, 0.0, 0.0, 0.0]], np.float32), np.array([[1.0, 0.99, 0.0, 0.0]], np.float32)]
     out = [ref[0].copy(), np.array([[0.99, 1.0, 0.0, 0.0]], np.float32)]  # the close call flips
-    report = compare({"logits": ref}, {"logits": out}, _manifest(precision="int8"),
-                     tolerance_for("openvino", "int8"), ["clear", "close"])
+    report = compare(
+        {"logits": ref},
+        {"logits": out},
+        _manifest(precision="int8"),
+        tolerance_for("openvino", "int8"),
+        ["clear", "close"],
+    )
     assert report.passed and report.task_info["judged_inputs"] == 1
 
 
 def test_reports_are_written(tmp_path):
     ref = [np.ones((1, 3), np.float32)]
-    report = compare({"logits": ref}, {"logits": [ref[0] * 2]}, _manifest(), tolerance_for("onnxruntime", "fp32"), ["x"])
+    report = compare(
+        {"logits": ref}, {"logits": [ref[0] * 2]}, _manifest(), tolerance_for("onnxruntime", "fp32"), ["x"]
+    )
     write_json([report], tmp_path / "r.json")
     write_junit([report], tmp_path / "r.xml")
     assert json.loads((tmp_path / "r.json").read_text())[0]["passed"] is False

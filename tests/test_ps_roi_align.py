@@ -38,8 +38,12 @@ def _bilinear(plane: np.ndarray, y: float, x: float) -> float:
         x_high = x_low + 1
     ly, lx = y - y_low, x - x_low
     hy, hx = 1.0 - ly, 1.0 - lx
-    return (hy * hx * plane[y_low, x_low] + hy * lx * plane[y_low, x_high]
-            + ly * hx * plane[y_high, x_low] + ly * lx * plane[y_high, x_high])
+    return (
+        hy * hx * plane[y_low, x_low]
+        + hy * lx * plane[y_low, x_high]
+        + ly * hx * plane[y_high, x_low]
+        + ly * lx * plane[y_high, x_high]
+    )
 
 
 def reference_ps_roi_align(features, rois, pooled, spatial_scale, sampling_ratio):
@@ -78,15 +82,17 @@ def make_case(alpha: int, pooled: int, seed: int = 0):
     """Two images; boxes inside, partly outside, sub-pixel, degenerate, inverted, random."""
     g = torch.Generator().manual_seed(seed)
     features = torch.randn(2, alpha * pooled * pooled, 10, 12, generator=g)
-    rois = torch.tensor([
-        [0, 4.3, 6.1, 61.7, 50.2],       # inside
-        [1, -30.5, -12.2, 41.3, 30.9],   # crosses the top-left border
-        [0, 70.2, 55.1, 140.6, 120.3],   # mostly outside bottom-right
-        [1, 33.3, 44.4, 35.1, 45.0],     # sub-pixel (0.2 x 0.1 feature px)
-        [0, 20.0, 20.0, 20.0, 20.0],     # degenerate: empty adaptive grid -> 0
-        [1, 50.3, 60.1, 20.2, 10.7],     # inverted corners
-        [1, -200.0, -200.0, -150.0, -170.0],  # entirely outside -> 0
-    ])
+    rois = torch.tensor(
+        [
+            [0, 4.3, 6.1, 61.7, 50.2],  # inside
+            [1, -30.5, -12.2, 41.3, 30.9],  # crosses the top-left border
+            [0, 70.2, 55.1, 140.6, 120.3],  # mostly outside bottom-right
+            [1, 33.3, 44.4, 35.1, 45.0],  # sub-pixel (0.2 x 0.1 feature px)
+            [0, 20.0, 20.0, 20.0, 20.0],  # degenerate: empty adaptive grid -> 0
+            [1, 50.3, 60.1, 20.2, 10.7],  # inverted corners
+            [1, -200.0, -200.0, -150.0, -170.0],  # entirely outside -> 0
+        ]
+    )
     xy = torch.rand(5, 2, generator=g) * 90 - 5
     wh = torch.rand(5, 2, generator=g) * 60 + 0.3
     random_rois = torch.cat([torch.randint(0, 2, (5, 1), generator=g).float(), xy, xy + wh], 1)
@@ -128,7 +134,8 @@ def test_eager_empty_rois_and_list_boxes():
     torch.testing.assert_close(
         psra.ps_roi_align(features, per_image, 3, SCALE, 2),
         psra.ps_roi_align(features, sorted_rois, 3, SCALE, 2),
-        rtol=0, atol=0,
+        rtol=0,
+        atol=0,
     )
 
 
@@ -175,10 +182,16 @@ def export_variant(variant: str, module, features, rois, path):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
-            module, (features, rois), dynamo=True, custom_translation_table=table,
-            opset_version=18, input_names=["features", "rois"], output_names=["pooled"],
+            module,
+            (features, rois),
+            dynamo=True,
+            custom_translation_table=table,
+            opset_version=18,
+            input_names=["features", "rois"],
+            output_names=["pooled"],
             dynamic_shapes={"features": {}, "rois": {0: torch.export.Dim("K", min=0)}},
-            external_data=False, verbose=False,
+            external_data=False,
+            verbose=False,
         )
     program.save(str(path))
     model = onnx.load(str(path))
@@ -196,8 +209,7 @@ CASES = [
 
 
 @pytest.mark.parametrize("variant, alpha, pooled, sampling_ratio", CASES)
-def test_onnx_lowering_matches_eager_in_onnxruntime(variant, alpha, pooled, sampling_ratio,
-                                                    tmp_path):
+def test_onnx_lowering_matches_eager_in_onnxruntime(variant, alpha, pooled, sampling_ratio, tmp_path):
     ort = pytest.importorskip("onnxruntime")
     features, rois = make_case(alpha, pooled, seed=1)
     module = PSRoIAlign(pooled, sampling_ratio)
@@ -217,7 +229,5 @@ def test_adaptive_is_rejected_by_bilinear_gather(tmp_path):
 
 def test_tables():
     op = torch.ops.lightdeploy.ps_roi_align.default
-    assert lightdeploy.ops.onnx_translation_table()[op] is psra.ONNX_VARIANTS[
-        psra.DEFAULT_ONNX_VARIANT
-    ]
+    assert lightdeploy.ops.onnx_translation_table()[op] is psra.ONNX_VARIANTS[psra.DEFAULT_ONNX_VARIANT]
     assert lightdeploy.ops.decomposition_table()[op] is psra.ps_roi_align_decomposition

@@ -12,9 +12,18 @@ from lightdeploy.errors import UsageError
 from lightdeploy.models.registry import ModelSpec, get_spec, list_models, register_model
 
 DESIGN_NAMES = [  # the founding design's model names (docs/design.md)
-    "mobilenetv2", "mobilenetv2_x0.35", "mobilenetv2_x0.5", "mobilenetv2_x0.75", "mobilenetv2_x1.4",
-    "shufflenetv2", "shufflenetv2_x0.5", "shufflenetv2_x1.5", "shufflenetv2_x2.0",
-    "snet49", "snet146", "snet535",
+    "mobilenetv2",
+    "mobilenetv2_x0.35",
+    "mobilenetv2_x0.5",
+    "mobilenetv2_x0.75",
+    "mobilenetv2_x1.4",
+    "shufflenetv2",
+    "shufflenetv2_x0.5",
+    "shufflenetv2_x1.5",
+    "shufflenetv2_x2.0",
+    "snet49",
+    "snet146",
+    "snet535",
 ]
 
 
@@ -79,7 +88,9 @@ def test_params_and_macs_match_models_md(name):
         model = build(spec, spec.num_classes, ref.at).eval()
         macs, params = count_macs(model, ref.at), count_params(model)
     if ref.macs:
-        assert abs(macs / ref.macs - 1) <= ref.rel_tol, f"MACs {macs / 1e6:.1f}M vs {ref.macs / 1e6:.1f}M ({ref.source})"
+        assert abs(macs / ref.macs - 1) <= ref.rel_tol, (
+            f"MACs {macs / 1e6:.1f}M vs {ref.macs / 1e6:.1f}M ({ref.source})"
+        )
     if ref.params:
         assert abs(params / ref.params - 1) <= ref.rel_tol, f"params {params} vs {ref.params} ({ref.source})"
 

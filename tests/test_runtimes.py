@@ -100,8 +100,19 @@ def test_wrong_input_shape_and_dtype(classifier_artifact):
 
 def test_manifest_records_what_design_asks(classifier_artifact):
     m = json.loads((classifier_artifact / "manifest.json").read_text())
-    for key in ("model", "task", "target", "precision", "inputs", "outputs", "preprocessing", "files",
-                "versions", "export_options", "parity"):
+    for key in (
+        "model",
+        "task",
+        "target",
+        "precision",
+        "inputs",
+        "outputs",
+        "preprocessing",
+        "files",
+        "versions",
+        "export_options",
+        "parity",
+    ):
         assert key in m, key
     assert m["inputs"][0]["name"] == "image" and m["outputs"][0]["name"] == "logits"
     assert m["preprocessing"]["size"] == [64, 64] and m["preprocessing"]["channel_order"] == "RGB"

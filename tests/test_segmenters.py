@@ -111,8 +111,11 @@ DFANET_MACS = {
     ("dfanet_b", (1024, 1024)): (1.93e9, 1.72e9),
 }
 DFANET_BACKBONE_MODULES = ("DFANet.stem", "DFANet.backbones.0", "DFANet.backbones.1", "DFANet.backbones.2")
-DFANET_DECODER_MODULES = (*(f"DFANet.{group}.{i}" for group in ("enc2_reduce", "fca_reduce") for i in range(3)),
-                          "DFANet.fusion", "DFANet.classifier")
+DFANET_DECODER_MODULES = (
+    *(f"DFANet.{group}.{i}" for group in ("enc2_reduce", "fca_reduce") for i in range(3)),
+    "DFANet.fusion",
+    "DFANet.classifier",
+)
 
 
 @pytest.mark.parametrize(("name", "size"), list(DFANET_MACS))
@@ -130,8 +133,12 @@ def test_dfanet_macs_match_computed(name, size):
 
 # ---------------------------------------------------------------------------------- output contract
 # A second size, unlike the defaults and the reference sizes, non-square and a multiple of the stride.
-SECOND_SIZE = {"bisenet_xception39": (224, 416), "bisenet_resnet18": (224, 416),
-               "dfanet_a": (192, 320), "dfanet_b": (192, 320)}
+SECOND_SIZE = {
+    "bisenet_xception39": (224, 416),
+    "bisenet_resnet18": (224, 416),
+    "dfanet_a": (192, 320),
+    "dfanet_b": (192, 320),
+}
 
 
 @pytest.mark.parametrize("name", SEGMENTERS)
@@ -205,9 +212,14 @@ def test_onnx_export_with_dynamic_size(name, tmp_path):
     ort = pytest.importorskip("onnxruntime")
     model = randomise_batchnorm(build(name))
     program = torch.onnx.export(
-        model, (torch.randn(1, 3, *EXPORT_SIZE),), dynamo=True,
-        dynamic_shapes={"x": {2: "h", 3: "w"}}, input_names=["image"], output_names=["logits", "mask"],
-        external_data=False, verbose=False,
+        model,
+        (torch.randn(1, 3, *EXPORT_SIZE),),
+        dynamo=True,
+        dynamic_shapes={"x": {2: "h", 3: "w"}},
+        input_names=["image"],
+        output_names=["logits", "mask"],
+        external_data=False,
+        verbose=False,
     )
     path = tmp_path / f"{name}.onnx"
     program.save(str(path))

@@ -1,7 +1,7 @@
 """TensorRT: the operator check, FP16 pinning, the INT8 QDQ model, the build plan and its estimates,
 the missing-TensorRT errors, and the builder/runtime code run against a simulated TensorRT.
 
-Everything here runs without a GPU.  ``FakeTensorRT`` (at the end of this file) stands in for the
+Everything here runs without a GPU.  ``fake_tensorrt.FakeTensorRT`` stands in for the
 ``tensorrt`` and cuda-python modules with the same call surface: its "engine" runs the plan's ONNX in
 ONNX Runtime on host memory, so the builder settings, layer pinning, profiles, timing cache, manifest
 update, name binding and the parity gate through ``runtimes.load`` are all exercised.  Real engine
@@ -21,6 +21,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from fake_tensorrt import install
 from onnx import TensorProto, helper
 from torch import nn
 
@@ -83,10 +84,14 @@ def test_operator_table_is_data_with_its_source():
     assert "Unique" in trt_support.UNSUPPORTED and "Unique" in trt_support.REWRITES
 
 
-@pytest.mark.parametrize("name", [
-    pytest.param(n, marks=() if n in FAST_MODELS or get_spec(n).task == "classify" else pytest.mark.slow)
-    for n in list_models() if not get_spec(n).alias_of
-])
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param(n, marks=() if n in FAST_MODELS or get_spec(n).task == "classify" else pytest.mark.slow)
+        for n in list_models()
+        if not get_spec(n).alias_of
+    ],
+)
 def test_every_registered_model_is_supported(name):
     spec = get_spec(name)
     size = (max(SMALL[0], 2 * spec.stride),) * 2
@@ -139,8 +144,10 @@ def test_plan_estimates_pass_their_rows(name, precision, tmp_path):
 def _node(op, inputs, outputs, name, scope=None, domain="", **attrs):
     node = helper.make_node(op, inputs, outputs, name=name, domain=domain, **attrs)
     if scope:
-        for key, value in (("pkg.torch.onnx.name_scopes", repr(["", *scope.split("/"), op.lower()])),
-                           ("pkg.torch.onnx.class_hierarchy", repr(["Net", "Head", "Block", f"aten.{op}"]))):
+        for key, value in (
+            ("pkg.torch.onnx.name_scopes", repr(["", *scope.split("/"), op.lower()])),
+            ("pkg.torch.onnx.class_hierarchy", repr(["Net", "Head", "Block", f"aten.{op}"])),
+        ):
             entry = node.metadata_props.add()
             entry.key, entry.value = key, value
     return node
@@ -150,22 +157,44 @@ def crafted_graph():
     f = TensorProto.FLOAT
     nodes = [
         _node("Resize", ["x", "", "scales"], ["r"], "up_cubic", scope="head/head.up", mode="cubic"),
-        _node("Resize", ["x", "", "scales"], ["r2"], "up_ok", scope="head/head.up2", mode="linear",
-              coordinate_transformation_mode="half_pixel"),
+        _node(
+            "Resize",
+            ["x", "", "scales"],
+            ["r2"],
+            "up_ok",
+            scope="head/head.up2",
+            mode="linear",
+            coordinate_transformation_mode="half_pixel",
+        ),
         _node("Flatten", ["r2"], ["flat"], "flat"),
         _node("Unique", ["flat"], ["u"], "uniq", scope="head/head.post"),
-        _node("RoiAlign", ["x", "rois", "idx"], ["pooled"], "roi", scope="head/head.pool",
-              coordinate_transformation_mode="half_pixel", mode="avg", output_height=2, output_width=2),
+        _node(
+            "RoiAlign",
+            ["x", "rois", "idx"],
+            ["pooled"],
+            "roi",
+            scope="head/head.pool",
+            coordinate_transformation_mode="half_pixel",
+            mode="avg",
+            output_height=2,
+            output_width=2,
+        ),
         _node("TopK", ["flat", "k"], ["tv", "ti"], "topk_big", scope="head/head.topk"),
         _node("MyPlugin", ["x"], ["custom"], "plugin", scope="head/head.custom", domain="com.example"),
     ]
     graph = helper.make_graph(
-        nodes, "crafted",
-        [helper.make_tensor_value_info("x", f, [1, 3, 8, 8]), helper.make_tensor_value_info("rois", f, [2, 4]),
-         helper.make_tensor_value_info("idx", TensorProto.INT64, [2])],
+        nodes,
+        "crafted",
+        [
+            helper.make_tensor_value_info("x", f, [1, 3, 8, 8]),
+            helper.make_tensor_value_info("rois", f, [2, 4]),
+            helper.make_tensor_value_info("idx", TensorProto.INT64, [2]),
+        ],
         [helper.make_tensor_value_info(n, f, None) for n in ("r", "u", "pooled", "tv", "custom")],
-        initializer=[helper.make_tensor("scales", f, [4], [1, 1, 2, 2]),
-                     helper.make_tensor("k", TensorProto.INT64, [1], [5000])],
+        initializer=[
+            helper.make_tensor("scales", f, [4], [1, 1, 2, 2]),
+            helper.make_tensor("k", TensorProto.INT64, [1], [5000]),
+        ],
     )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid("com.example", 1)])
 
@@ -254,7 +283,9 @@ def test_fp16_pins_the_huge_layer_and_its_reader(tmp_path):
     feeds = {"image": batches[0]}
     ref = model(torch.from_numpy(batches[0])).detach().numpy()
     unpinned = OnnxRuntimeBackend(fp16_onnx(graph, []).SerializeToString()).run(feeds)["out"]
-    pinned_out = OnnxRuntimeBackend(fp16_onnx(graph, [p["node"] for p in pins["layers"]]).SerializeToString()).run(feeds)["out"]
+    pinned_out = OnnxRuntimeBackend(fp16_onnx(graph, [p["node"] for p in pins["layers"]]).SerializeToString()).run(
+        feeds
+    )["out"]
     assert not np.isfinite(unpinned).all() or np.abs(unpinned - ref).max() > 0.1 * np.abs(ref).max()
     assert np.abs(pinned_out - ref).max() <= 1e-2 * np.abs(ref).max()
 
@@ -287,7 +318,13 @@ def test_fp16_plan_artifact_and_manifest(fp16_plan):
 
 
 def test_int8_qdq_estimate_on_a_classifier(tmp_path):
-    folder, manifest, report = export_plan(tmp_path, name="shufflenetv2_x0.5", precision="int8")
+    """The QDQ model and its estimate (at 64x64, where a classifier's int8 row may fail: quant_size)."""
+    try:
+        folder, manifest, _ = export_plan(tmp_path, name="shufflenetv2_x0.5", precision="int8")
+    except ParityError:
+        folder = tmp_path / "shufflenetv2_x0.5-trt-int8"  # kept for inspection
+        manifest = json.loads((folder / "manifest.json").read_text())
+    report = manifest["parity"]
     plan = read_plan(folder)
     assert plan["onnx"] == QDQ_FILE and plan["builder"]["flags"] == ["INT8"]
     qdq = onnx.load(str(folder / QDQ_FILE))
@@ -296,10 +333,10 @@ def test_int8_qdq_estimate_on_a_classifier(tmp_path):
     assert check_onnx(qdq).supported  # symmetric: every zero point is 0
     zero_points = [i for i in qdq.graph.initializer if "zero_point" in i.name]
     assert zero_points and all(not onnx.numpy_helper.to_array(z).any() for z in zero_points)
-    assert report.precision == "int8" and report.tolerance["cosine_min"] == 0.98
-    assert 0.5 < report.outputs["logits"]["cosine"] < 0.9999  # a real INT8 estimate, not a copy of fp32
-    assert report.outputs["logits"]["max_abs"] > 1e-3
-    assert manifest["parity"]["method"].startswith("the QDQ ONNX")
+    assert report["precision"] == "int8" and report["tolerance"]["cosine_min"] == 0.98
+    assert 0.5 < report["outputs"]["logits"]["cosine"] < 0.9999  # a real INT8 estimate, not a copy of fp32
+    assert report["outputs"]["logits"]["max_abs"] > 1e-3
+    assert report["estimated"] and report["method"].startswith("the QDQ ONNX")
 
 
 def test_missing_tensorrt_is_exit_3_naming_the_extra_and_the_gpu(fp16_plan):
@@ -324,8 +361,9 @@ def test_cli_export_trt_writes_a_plan_gated_on_its_estimate(tmp_path):
 
     from lightdeploy.cli import app
 
-    result = CliRunner().invoke(app, ["export", "shufflenetv2_x0.5", "--to", "trt", "--input-size", "64", "64",
-                                      "--out", str(tmp_path)])
+    result = CliRunner().invoke(
+        app, ["export", "shufflenetv2_x0.5", "--to", "trt", "--input-size", "64", "64", "--out", str(tmp_path)]
+    )
     assert result.exit_code == 0, result.output
     manifest = json.loads((tmp_path / "shufflenetv2_x0.5-trt-fp32" / "manifest.json").read_text())
     assert manifest["parity"]["estimated"] is True and manifest["parity"]["passed"]
@@ -375,8 +413,14 @@ def test_pinned_layers_reach_the_builder(tmp_path, monkeypatch):
     fake = install(monkeypatch)
     onnx_path = tmp_path / "m.onnx"
     onnx.save(onnx.load_from_string(_tiny_onnx()), str(onnx_path))
-    plan = {"builder": {"flags": ["FP16", "OBEY_PRECISION_CONSTRAINTS"], "workspace_bytes": 1 << 20,
-                        "layer_precisions": {"relu": "fp32", "ghost": "fp32"}}, "profiles": []}
+    plan = {
+        "builder": {
+            "flags": ["FP16", "OBEY_PRECISION_CONSTRAINTS"],
+            "workspace_bytes": 1 << 20,
+            "layer_precisions": {"relu": "fp32", "ghost": "fp32"},
+        },
+        "profiles": [],
+    }
     info = build_engine(onnx_path, plan, tmp_path / "m.engine", tmp_path / "t.cache")
     assert info["fp32_layers_applied"] == 1 and info["fp32_layers_not_found"] == ["ghost"]
     assert fake.built[-1]["flags"] == {"FP16", "OBEY_PRECISION_CONSTRAINTS"}
@@ -387,17 +431,28 @@ def test_post_processing_tail_is_pinned_to_fp32():
     from lightdeploy.exporters.tensorrt.fp16 import tail_nodes
 
     f = TensorProto.FLOAT
-    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv"),
-             helper.make_node("Relu", ["c"], ["r"], name="relu"),
-             helper.make_node("Conv", ["r", "w2"], ["head"], name="head"),
-             helper.make_node("Exp", ["head"], ["e"], name="decode_exp"),
-             helper.make_node("Mul", ["e", "scale"], ["boxes"], name="decode_mul"),
-             helper.make_node("ArgMax", ["head"], ["label"], name="argmax", axis=1)]
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], name="conv"),
+        helper.make_node("Relu", ["c"], ["r"], name="relu"),
+        helper.make_node("Conv", ["r", "w2"], ["head"], name="head"),
+        helper.make_node("Exp", ["head"], ["e"], name="decode_exp"),
+        helper.make_node("Mul", ["e", "scale"], ["boxes"], name="decode_mul"),
+        helper.make_node("ArgMax", ["head"], ["label"], name="argmax", axis=1),
+    ]
     graph = helper.make_graph(
-        nodes, "det", [helper.make_tensor_value_info("x", f, [1, 2, 4, 4])],
-        [helper.make_tensor_value_info("boxes", f, None), helper.make_tensor_value_info("label", TensorProto.INT64, None)],
-        initializer=[helper.make_tensor("w", f, [2, 2, 1, 1], [1.0] * 4), helper.make_tensor("w2", f, [2, 2, 1, 1], [1.0] * 4),
-                     helper.make_tensor("scale", f, [1], [2.0])])
+        nodes,
+        "det",
+        [helper.make_tensor_value_info("x", f, [1, 2, 4, 4])],
+        [
+            helper.make_tensor_value_info("boxes", f, None),
+            helper.make_tensor_value_info("label", TensorProto.INT64, None),
+        ],
+        initializer=[
+            helper.make_tensor("w", f, [2, 2, 1, 1], [1.0] * 4),
+            helper.make_tensor("w2", f, [2, 2, 1, 1], [1.0] * 4),
+            helper.make_tensor("scale", f, [1], [2.0]),
+        ],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     assert [n.name for n in tail_nodes(model)] == ["decode_exp", "decode_mul"]
     pins = fp16_pins(model, {})
@@ -407,21 +462,34 @@ def test_post_processing_tail_is_pinned_to_fp32():
 def test_trtexec_line_carries_pins_and_profiles():
     from lightdeploy.exporters.tensorrt.plan import builder_settings, trtexec_command
 
-    plan = {"onnx": "model.onnx", "builder": builder_settings("fp16", ["node_a", "node_b"]),
-            "profiles": [{"image": {"min": [1, 3, 64, 64], "opt": [2, 3, 64, 64], "max": [8, 3, 64, 64]}}]}
+    plan = {
+        "onnx": "model.onnx",
+        "builder": builder_settings("fp16", ["node_a", "node_b"]),
+        "profiles": [{"image": {"min": [1, 3, 64, 64], "opt": [2, 3, 64, 64], "max": [8, 3, 64, 64]}}],
+    }
     assert plan["builder"]["flags"] == ["FP16", "OBEY_PRECISION_CONSTRAINTS"]
     line = trtexec_command(plan)
-    for part in ("--fp16", "--precisionConstraints=obey", "--layerPrecisions=node_a:fp32,node_b:fp32",
-                 "--layerOutputTypes=node_a:fp32,node_b:fp32", "--optShapes=image:2x3x64x64",
-                 "--timingCacheFile=timing.cache", "--saveEngine=model.engine"):
+    for part in (
+        "--fp16",
+        "--precisionConstraints=obey",
+        "--layerPrecisions=node_a:fp32,node_b:fp32",
+        "--layerOutputTypes=node_a:fp32,node_b:fp32",
+        "--optShapes=image:2x3x64x64",
+        "--timingCacheFile=timing.cache",
+        "--saveEngine=model.engine",
+    ):
         assert part in line
     assert builder_settings("int8", [])["flags"] == ["INT8"] and builder_settings("fp32", [])["flags"] == []
 
 
 def _tiny_onnx() -> bytes:
     f = TensorProto.FLOAT
-    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"], name="relu")], "tiny",
-                              [helper.make_tensor_value_info("x", f, [1, 4])], [helper.make_tensor_value_info("y", f, [1, 4])])
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"], name="relu")],
+        "tiny",
+        [helper.make_tensor_value_info("x", f, [1, 4])],
+        [helper.make_tensor_value_info("y", f, [1, 4])],
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]).SerializeToString()
 
 
@@ -433,223 +501,10 @@ def test_engine_build_runtime_and_parity_on_the_gpu(tmp_path):
     from lightdeploy.pipeline import export
 
     for precision in ("fp32", "fp16", "int8"):
-        out = export("shufflenetv2_x0.5", "trt", precision=precision, input_size=SMALL, out=tmp_path,
-                     dynamic_batch=True)
+        out = export(
+            "shufflenetv2_x0.5", "trt", precision=precision, input_size=SMALL, out=tmp_path, dynamic_batch=True
+        )
         assert out.manifest["backend_file"] == "model.engine"
         assert out.report is not None and out.report.passed and not out.manifest["parity"].get("estimated")
         model = runtimes.load(out.folder)
         assert model.infer(np.zeros((2, 3, 64, 64), np.float32))["logits"].shape == (2, 1000)
-
-
-# ------------------------------------------------------------------- the simulated TensorRT 10 API
-class FakeTensorRT:
-    """``tensorrt`` + ``cuda.bindings.runtime`` with the calls lightdeploy makes; "device" memory is host
-    memory and the "engine" runs the parsed ONNX in ONNX Runtime.  ``built`` records every build."""
-
-    def __init__(self):
-        import ctypes
-        import types
-
-        import onnxruntime as ort
-
-        self.built: list[dict] = []
-        fake = self
-        trt = types.ModuleType("tensorrt")
-        trt.__version__ = "10.99.0+simulated"
-
-        class DataType:
-            def __init__(self, name, np_type):
-                self.name, self.np = name, np_type
-
-        trt.float32, trt.float16 = DataType("float32", np.float32), DataType("float16", np.float16)
-        trt.int64, trt.int32 = DataType("int64", np.int64), DataType("int32", np.int32)
-        elem = {1: trt.float32, 10: trt.float16, 7: trt.int64, 6: trt.int32}
-        trt.nptype = lambda dt: dt.np
-        trt.Logger = type("Logger", (), {"WARNING": 2, "INFO": 3, "__init__": lambda self, level=2: None})
-        trt.init_libnvinfer_plugins = lambda logger, namespace: True
-        trt.BuilderFlag = SimpleNamespace(FP16="FP16", INT8="INT8", OBEY_PRECISION_CONSTRAINTS="OBEY_PRECISION_CONSTRAINTS")
-        trt.MemoryPoolType = SimpleNamespace(WORKSPACE="WORKSPACE")
-        trt.TensorIOMode = SimpleNamespace(INPUT="INPUT", OUTPUT="OUTPUT")
-
-        class Layer:
-            def __init__(self, name, n_out):
-                self.name, self.metadata, self.precision = name, f"[ONNX Layer: {name}]", None
-                self.num_outputs, self._types = n_out, {}
-
-            def get_output(self, j):
-                return SimpleNamespace(dtype=trt.float32)
-
-            def set_output_type(self, j, dtype):
-                self._types[j] = dtype
-
-        class Network:
-            def __init__(self):
-                self.layers, self.onnx = [], b""
-
-            num_layers = property(lambda self: len(self.layers))
-
-            def get_layer(self, i):
-                return self.layers[i]
-
-        class OnnxParser:
-            num_errors = 0
-
-            def __init__(self, network, logger):
-                self.network = network
-
-            def parse_from_file(self, path):
-                self.network.onnx = Path(path).read_bytes()
-                model = onnx.load_from_string(self.network.onnx)
-                self.network.layers = [Layer(n.name, len(n.output)) for n in model.graph.node]
-                return True
-
-        class Cache:
-            def __init__(self, data):
-                self.data = bytes(data)
-
-            def serialize(self):
-                return self.data or b"simulated timing cache"
-
-        class Config:
-            def __init__(self):
-                self.flags, self.profiles, self.cache, self.builder_optimization_level = set(), [], None, 3
-
-            def set_flag(self, flag):
-                self.flags.add(flag)
-
-            def set_memory_pool_limit(self, pool, size):
-                self.workspace = size
-
-            def add_optimization_profile(self, profile):
-                self.profiles.append(profile)
-
-            def create_timing_cache(self, data):
-                return Cache(data)
-
-            def set_timing_cache(self, cache, ignore_mismatch):
-                self.cache = cache
-
-            def get_timing_cache(self):
-                return self.cache
-
-        class Profile:
-            def __init__(self):
-                self.shapes = {}
-
-            def set_shape(self, name, lo, opt, hi):
-                self.shapes[name] = [list(lo), list(opt), list(hi)]
-
-        class Builder:
-            def __init__(self, logger):
-                pass
-
-            create_network = staticmethod(lambda flags=0: Network())
-            create_builder_config = staticmethod(Config)
-            create_optimization_profile = staticmethod(Profile)
-
-            def build_serialized_network(self, network, config):
-                fake.built.append({
-                    "flags": set(config.flags), "timing_cache_set": config.cache is not None,
-                    "fp32_layers": [ly.name for ly in network.layers if ly.precision is trt.float32],
-                    "profiles": config.profiles[0].shapes if config.profiles else {},
-                })
-                return trt.__version__.encode() + b"\n" + network.onnx
-
-        class Context:
-            def __init__(self, engine):
-                self.engine, self.shapes, self.addresses = engine, {}, {}
-
-            def set_input_shape(self, name, shape):
-                self.shapes[name] = tuple(shape)
-                return True
-
-            def get_tensor_shape(self, name):
-                if name in self.shapes:
-                    return self.shapes[name]
-                zeros = {n: np.zeros(s, np.float32) for n, s in self.shapes.items()}
-                outs = dict(zip(self.engine.outputs, self.engine.session.run(self.engine.outputs, zeros)))
-                return outs[name].shape
-
-            def set_tensor_address(self, name, ptr):
-                self.addresses[name] = ptr
-                return True
-
-            def execute_async_v3(self, stream):
-                feeds = {}
-                for name, shape in self.shapes.items():
-                    n = int(np.prod(shape)) * 4
-                    raw = (ctypes.c_char * n).from_address(self.addresses[name])
-                    feeds[name] = np.frombuffer(raw, np.float32).reshape(shape).copy()
-                for name, out in zip(self.engine.outputs, self.engine.session.run(self.engine.outputs, feeds)):
-                    out = np.ascontiguousarray(out)
-                    ctypes.memmove(self.addresses[name], out.ctypes.data, out.nbytes)
-                return True
-
-        class Engine:
-            def __init__(self, onnx_bytes):
-                model = onnx.load_from_string(onnx_bytes)
-                self.session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
-                self.io = [(v, "INPUT") for v in model.graph.input] + [(v, "OUTPUT") for v in model.graph.output]
-                self.outputs = [v.name for v in model.graph.output]
-                self.num_io_tensors = len(self.io)
-                self._by_name = {v.name: (v, mode) for v, mode in self.io}
-
-            def get_tensor_name(self, i):
-                return self.io[i][0].name
-
-            def get_tensor_shape(self, name):
-                dims = self._by_name[name][0].type.tensor_type.shape.dim
-                return [d.dim_value if d.dim_value else -1 for d in dims]
-
-            def get_tensor_dtype(self, name):
-                return elem[self._by_name[name][0].type.tensor_type.elem_type]
-
-            def get_tensor_mode(self, name):
-                return self._by_name[name][1]
-
-            def create_execution_context(self):
-                return Context(self)
-
-        class Runtime:
-            def __init__(self, logger):
-                pass
-
-            def deserialize_cuda_engine(self, data):
-                version, _, onnx_bytes = bytes(data).partition(b"\n")
-                return Engine(onnx_bytes) if version.decode() == trt.__version__ else None
-
-        trt.Builder, trt.OnnxParser, trt.Runtime = Builder, OnnxParser, Runtime
-        self.trt = trt
-
-        cudart = types.ModuleType("cuda.bindings.runtime")
-        memory: dict[int, object] = {}
-
-        def malloc(n):
-            buf = ctypes.create_string_buffer(int(n))
-            memory[ctypes.addressof(buf)] = buf
-            return 0, ctypes.addressof(buf)
-
-        cudart.cudaMalloc = malloc
-        cudart.cudaFree = lambda ptr: (memory.pop(ptr, None), 0)[1:]
-        cudart.cudaMemcpyKind = SimpleNamespace(cudaMemcpyHostToDevice=1, cudaMemcpyDeviceToHost=2)
-        cudart.cudaMemcpyAsync = lambda dst, src, n, kind, stream: (ctypes.memmove(dst, src, n), 0)[1:]
-        cudart.cudaStreamCreate = lambda: (0, 7)
-        cudart.cudaStreamSynchronize = lambda stream: (0,)
-        cudart.cudaStreamDestroy = lambda stream: (0,)
-        cudart.cudaGetDeviceCount = lambda: (0, 1)
-        cudart.cudaGetDeviceProperties = lambda device: (0, SimpleNamespace(
-            name=b"Simulated GPU", major=8, minor=9, totalGlobalMem=8 << 30))
-        self.cudart = cudart
-
-
-def install(monkeypatch) -> FakeTensorRT:
-    import sys
-    import types
-
-    fake = FakeTensorRT()
-    cuda, bindings = types.ModuleType("cuda"), types.ModuleType("cuda.bindings")
-    bindings.runtime, cuda.bindings = fake.cudart, bindings
-    for name, module in (("tensorrt", fake.trt), ("cuda", cuda), ("cuda.bindings", bindings),
-                         ("cuda.bindings.runtime", fake.cudart)):
-        monkeypatch.setitem(sys.modules, name, module)
-    return fake

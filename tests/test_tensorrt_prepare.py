@@ -28,22 +28,33 @@ def _model(nodes, inputs, outputs, inits):
 
 def nms_model(n: int, max_out: int, iou: float = 0.5, score_threshold: float | None = None):
     names = ["boxes", "scores", "max_out", "iou"] + (["score_thr"] if score_threshold is not None else [])
-    inits = [helper.make_tensor("max_out", TensorProto.INT64, [1], [max_out]),
-             helper.make_tensor("iou", TensorProto.FLOAT, [1], [iou])]
+    inits = [
+        helper.make_tensor("max_out", TensorProto.INT64, [1], [max_out]),
+        helper.make_tensor("iou", TensorProto.FLOAT, [1], [iou]),
+    ]
     if score_threshold is not None:
         inits.append(helper.make_tensor("score_thr", TensorProto.FLOAT, [1], [score_threshold]))
-    return _model([helper.make_node("NonMaxSuppression", names, ["selected"], name="nms")],
-                  [helper.make_tensor_value_info("boxes", TensorProto.FLOAT, [1, n, 4]),
-                   helper.make_tensor_value_info("scores", TensorProto.FLOAT, [1, 1, n])],
-                  [helper.make_tensor_value_info("selected", TensorProto.INT64, ["S", 3])], inits)
+    return _model(
+        [helper.make_node("NonMaxSuppression", names, ["selected"], name="nms")],
+        [
+            helper.make_tensor_value_info("boxes", TensorProto.FLOAT, [1, n, 4]),
+            helper.make_tensor_value_info("scores", TensorProto.FLOAT, [1, 1, n]),
+        ],
+        [helper.make_tensor_value_info("selected", TensorProto.INT64, ["S", 3])],
+        inits,
+    )
 
 
 def topk_model(n: int, k: int, largest: int):
-    return _model([helper.make_node("TopK", ["x", "k"], ["values", "indices"], name="topk", axis=-1, largest=largest)],
-                  [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, n])],
-                  [helper.make_tensor_value_info("values", TensorProto.FLOAT, [2, k]),
-                   helper.make_tensor_value_info("indices", TensorProto.INT64, [2, k])],
-                  [helper.make_tensor("k", TensorProto.INT64, [1], [k])])
+    return _model(
+        [helper.make_node("TopK", ["x", "k"], ["values", "indices"], name="topk", axis=-1, largest=largest)],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, n])],
+        [
+            helper.make_tensor_value_info("values", TensorProto.FLOAT, [2, k]),
+            helper.make_tensor_value_info("indices", TensorProto.INT64, [2, k]),
+        ],
+        [helper.make_tensor("k", TensorProto.INT64, [1], [k])],
+    )
 
 
 def run(model, feeds):

@@ -63,8 +63,12 @@ def _model_params():
     """Every model, grouped per model so one worker converts it once.  The detectors' unrolled NMS
     becomes thousands of TFLite ops (~8,000 for ThunderNet at 320) and minutes of conversion and
     parity, so they run in the slow set."""
-    return [pytest.param(n, marks=[pytest.mark.xdist_group(n)] + ([pytest.mark.slow] if get_spec(n).task == "detect" else []))
-            for n in registered()]
+    return [
+        pytest.param(
+            n, marks=[pytest.mark.xdist_group(n)] + ([pytest.mark.slow] if get_spec(n).task == "detect" else [])
+        )
+        for n in registered()
+    ]
 
 
 def _manifest_checks(manifest: dict, name: str, precision: str) -> None:
@@ -102,8 +106,10 @@ def _quant_params():
 # regex matched nothing, exporters/tflite/quantize.py).  With them float: 0.682 (only the backbone int8: 0.690),
 # i.e. at the eager int8-noise level, still under the 0.85 row; the other detectors were not run at
 # their own sizes (minutes per conversion).
-INT8_NOT_EXPECTED = {n: "random-weight detectors fail the int8 box F1 row on rounding alone (test_conditioning)"
-                     for n in ("thundernet_snet49", "thundernet_snet146", "thundernet_snet535", "lighthead_rcnn")}
+INT8_NOT_EXPECTED = {
+    n: "random-weight detectors fail the int8 box F1 row on rounding alone (test_conditioning)"
+    for n in ("thundernet_snet49", "thundernet_snet146", "thundernet_snet535", "lighthead_rcnn")
+}
 
 
 def test_detector_float_scopes_match_the_quantizers_op_scopes():
@@ -181,8 +187,13 @@ def test_float_graph_is_gated_and_catches_what_int8_may_miss(tmp_path, monkeypat
     from lightdeploy.exporters.tflite import convert
 
     original = convert.convert_float
-    monkeypatch.setattr(convert, "convert_float", lambda job: original(dataclasses.replace(
-        job, model=_middle_pointwise_conv_inputs_permuted(copy.deepcopy(job.model)))))
+    monkeypatch.setattr(
+        convert,
+        "convert_float",
+        lambda job: original(
+            dataclasses.replace(job, model=_middle_pointwise_conv_inputs_permuted(copy.deepcopy(job.model)))
+        ),
+    )
     with pytest.raises(ParityError):
         export("mobilenetv2", "tflite", precision="int8", input_size=(224, 224), out=tmp_path)
     (folder,) = tmp_path.iterdir()
@@ -308,10 +319,15 @@ def test_runtime_maps_names_by_signature_then_position():
     specs = [TensorSpec("boxes", (1, 100, 4), "float32"), TensorSpec("scores", (1, 100), "float32")]
     by_name = [{"name": "scores", "index": 7, "shape": [1, 100]}, {"name": "boxes", "index": 3, "shape": [1, 100, 4]}]
     assert {k: v["index"] for k, v in _resolve(specs, by_name, "output", "m").items()} == {"boxes": 3, "scores": 7}
-    prefixed = [{"name": "serving_default_boxes:0", "index": 1, "shape": [1, 100, 4]},
-                {"name": "serving_default_scores:0", "index": 2, "shape": [1, 100]}]
+    prefixed = [
+        {"name": "serving_default_boxes:0", "index": 1, "shape": [1, 100, 4]},
+        {"name": "serving_default_scores:0", "index": 2, "shape": [1, 100]},
+    ]
     assert _resolve(specs, prefixed, "output", "m")["scores"]["index"] == 2
-    anonymous = [{"name": "Identity", "index": 5, "shape": [1, 100, 4]}, {"name": "Identity_1", "index": 6, "shape": [1, 100]}]
+    anonymous = [
+        {"name": "Identity", "index": 5, "shape": [1, 100, 4]},
+        {"name": "Identity_1", "index": 6, "shape": [1, 100]},
+    ]
     assert _resolve(specs, anonymous, "output", "m")["scores"]["index"] == 6
     with pytest.raises(ArtifactError, match="shape"):
         _resolve(specs, [{**d, "shape": [1, 50]} for d in by_name], "output", "m")

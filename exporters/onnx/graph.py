@@ -27,8 +27,11 @@ def graph_io(model) -> tuple[list[dict], list[dict]]:
     def entry(value, layout=None):
         t = value.type.tensor_type
         shape = [d.dim_param or d.dim_value for d in t.shape.dim]
-        e = {"name": value.name, "shape": shape,
-             "dtype": onnx_type_to_numpy(TensorProto.DataType.Name(t.elem_type).lower())}
+        e = {
+            "name": value.name,
+            "shape": shape,
+            "dtype": onnx_type_to_numpy(TensorProto.DataType.Name(t.elem_type).lower()),
+        }
         if layout:
             e["layout"] = layout
         return e
@@ -57,7 +60,9 @@ def static_shapes(model) -> dict[str, tuple]:
     out = {}
     for vi in [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]:
         if vi.type.HasField("tensor_type") and vi.type.tensor_type.HasField("shape"):
-            out[vi.name] = tuple(d.dim_value if d.HasField("dim_value") else None for d in vi.type.tensor_type.shape.dim)
+            out[vi.name] = tuple(
+                d.dim_value if d.HasField("dim_value") else None for d in vi.type.tensor_type.shape.dim
+            )
     for init in model.graph.initializer:
         out[init.name] = tuple(init.dims)
     return out
@@ -101,8 +106,11 @@ def node_module(node) -> str:
 
 def restore_node_metadata(original, simplified) -> int:
     """Copy the module-path metadata of ``original``'s nodes onto ``simplified``'s nodes of the same name."""
-    props = {n.name: [(p.key, p.value) for p in n.metadata_props if p.key in KEPT_NODE_KEYS]
-             for n in original.graph.node if n.name}
+    props = {
+        n.name: [(p.key, p.value) for p in n.metadata_props if p.key in KEPT_NODE_KEYS]
+        for n in original.graph.node
+        if n.name
+    }
     restored = 0
     for node in simplified.graph.node:
         if node.name in props and not any(p.key == NAME_SCOPES for p in node.metadata_props):

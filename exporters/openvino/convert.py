@@ -58,9 +58,14 @@ class OpenVinoExporter:
 
         t0 = time.perf_counter()
         model = ov.convert_model(str(workdir / ONNX_FILE))
-        info: dict = {"onnx": onnx_info, "openvino": {"converted_from": ONNX_FILE,
-                                                      "topk_made_stable": rewrites.stable_topk(model),
-                                                      "shuffle_channels": rewrites.shuffle_gathers_to_op(model)}}
+        info: dict = {
+            "onnx": onnx_info,
+            "openvino": {
+                "converted_from": ONNX_FILE,
+                "topk_made_stable": rewrites.stable_topk(model),
+                "shuffle_channels": rewrites.shuffle_gathers_to_op(model),
+            },
+        }
         float_model = model.clone() if precision != "fp32" else None  # NNCF may rewrite in place
         if precision == "int8":
             from lightdeploy.exporters.openvino.quantize import quantize_int8
@@ -68,11 +73,18 @@ class OpenVinoExporter:
             model, info["int8"] = quantize_int8(model, job)
         # FP16 weights only when asked: OpenVINO's save_model compresses to FP16 by default.
         ov.save_model(model, str(workdir / IR_FILE), compress_to_fp16=precision == "fp16")
-        info["openvino"].update({"weights": WEIGHTS_KIND[precision], "ops": len(model.get_ordered_ops()),
-                                 "convert_seconds": round(time.perf_counter() - t0, 2)})
+        info["openvino"].update(
+            {
+                "weights": WEIGHTS_KIND[precision],
+                "ops": len(model.get_ordered_ops()),
+                "convert_seconds": round(time.perf_counter() - t0, 2),
+            }
+        )
         twin = None
         if float_model is not None:
+
             def twin(folder: Path) -> str:
                 ov.save_model(float_model, str(folder / IR_FILE), compress_to_fp16=False)
                 return IR_FILE
+
         return ExportResult(self.backend, IR_FILE, inputs, outputs, info, float_twin=twin)

@@ -26,8 +26,15 @@ ACTIVATION_RANGE = "minmax"  # nncf RangeEstimatorParametersSet.MINMAX; "mean_mi
 FAST_BIAS_CORRECTION = False  # NNCF's default is True
 
 
-def quantize_int8(model, job: ExportJob, *, ignored_types: tuple[str, ...] | None = None,
-                  preset: str | None = None, subset_size: int | None = None, **nncf_kwargs):
+def quantize_int8(
+    model,
+    job: ExportJob,
+    *,
+    ignored_types: tuple[str, ...] | None = None,
+    preset: str | None = None,
+    subset_size: int | None = None,
+    **nncf_kwargs,
+):
     """NNCF post-training quantisation of an ov.Model on the calibration set; returns (model, info).
 
     ``ignored_types`` / ``preset`` / ``subset_size`` default to the module's settings; they are

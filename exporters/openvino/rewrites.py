@@ -7,9 +7,11 @@ from __future__ import annotations
 
 from lightdeploy.exporters.onnx.graph import graph_constants
 
-GUARD_WHY = ("OpenVINO's ReverseInputChannelsFusion folds a channel-permuting Gather into the next "
-              "Convolution's weights with the permutation instead of its inverse (right only for "
-              "involutions such as RGB<->BGR); a negative Gather axis keeps the pass off")
+GUARD_WHY = (
+    "OpenVINO's ReverseInputChannelsFusion folds a channel-permuting Gather into the next "
+    "Convolution's weights with the permutation instead of its inverse (right only for "
+    "involutions such as RGB<->BGR); a negative Gather axis keeps the pass off"
+)
 
 
 def guard_permutation_gathers(model) -> int:
@@ -124,8 +126,13 @@ def _keyed_stable_topk(op) -> bool:
     attrs = op.get_attributes()
     x = op.input_value(0)
     shape, k_node = x.get_partial_shape(), op.input_value(1).get_node()
-    if (attrs["sort"] != "value" or shape.rank.is_dynamic or not shape[-1].is_static
-            or k_node.get_type_name() != "Constant" or attrs["axis"] not in (-1, shape.rank.get_length() - 1)):
+    if (
+        attrs["sort"] != "value"
+        or shape.rank.is_dynamic
+        or not shape[-1].is_static
+        or k_node.get_type_name() != "Constant"
+        or attrs["axis"] not in (-1, shape.rank.get_length() - 1)
+    ):
         return False
     n, k = shape[-1].get_length(), int(k_node.get_data().reshape(-1)[0])
     if not 1 < k <= n or (k + 1) * n >= 2**31:  # k = 1 is O(n) anyway; keys must fit in int32

@@ -55,9 +55,11 @@ class CheckReport:
     def summary(self) -> str:
         verdict = "supported" if self.supported else f"NOT supported ({len(self.errors())} unsupported node(s))"
         rewritten = f", {len(self.rewrites)} node(s) rewritten for TensorRT" if self.rewrites else ""
-        return (f"{self.subject}: TensorRT {self.source['tensorrt_version']} ONNX parser: {verdict}; "
-                f"{sum(self.op_counts.values())} nodes, {len(self.op_counts)} op types, opset {self.opset}, "
-                f"{len(self.warnings())} warning(s){rewritten}")
+        return (
+            f"{self.subject}: TensorRT {self.source['tensorrt_version']} ONNX parser: {verdict}; "
+            f"{sum(self.op_counts.values())} nodes, {len(self.op_counts)} op types, opset {self.opset}, "
+            f"{len(self.warnings())} warning(s){rewritten}"
+        )
 
     def text(self) -> str:
         """Plain text (for error messages and logs)."""
@@ -79,7 +81,13 @@ class CheckReport:
         bad = Counter(f.op_type for f in self.errors())
         warn = Counter(f.op_type for f in self.warnings())
         for op, n in sorted(self.op_counts.items()):
-            status = "[red]unsupported[/]" if bad[op] else "[yellow]supported, see notes[/]" if warn[op] else "[green]supported[/]"
+            status = (
+                "[red]unsupported[/]"
+                if bad[op]
+                else "[yellow]supported, see notes[/]"
+                if warn[op]
+                else "[green]supported[/]"
+            )
             ops.add_row(op, str(n), status)
         parts = [ops]
         if self.findings:
@@ -137,8 +145,9 @@ def check_onnx(model_or_path, *, subject: str | None = None, rewrites: list[str]
                     walk(g, consts)
 
     walk(model.graph, {})
-    return CheckReport("trt", subject, opset, dict(support.SOURCE), dict(sorted(counts.items())), findings,
-                       list(rewrites or []))
+    return CheckReport(
+        "trt", subject, opset, dict(support.SOURCE), dict(sorted(counts.items())), findings, list(rewrites or [])
+    )
 
 
 def check_prepared(model, *, subject: str) -> CheckReport:

@@ -18,9 +18,10 @@ from lightdeploy.runtimes.onnxruntime import OnnxRuntimeBackend
 METHODS = {
     "fp32": "the TensorRT-ready ONNX in ONNX Runtime (CPU)",
     "fp16": "the TensorRT-ready ONNX with the weights and every tensor of the non-pinned nodes rounded to "
-            "float16 (the pinned FP32 layers left in float32), in ONNX Runtime (CPU): FP16 storage, rounding and "
-            "overflow are modelled; FP16 accumulation inside TensorRT kernels is not",
-    "int8": "the QDQ ONNX (the engine's source) in ONNX Runtime (CPU)",
+    "float16 (the pinned FP32 layers left in float32), in ONNX Runtime (CPU): FP16 storage, rounding and "
+    "overflow are modelled; FP16 accumulation inside TensorRT kernels is not",
+    "int8": "the QDQ ONNX (the engine's source) in ONNX Runtime (CPU) as exact fake-quantisation (Q/DQ not "
+            "fused into ONNX Runtime's int8 kernels, whose saturation on some CPUs TensorRT does not share)",
 }
 
 
@@ -38,4 +39,4 @@ def estimate_plan(folder: Path, manifest: dict, threads: int | None = None):
         pinned = [p["node"] for p in plan.get("fp32_layers", [])]
         model = fp16_onnx(onnx.load(str(source)), pinned).SerializeToString()
         return OnnxRuntimeBackend(model, threads=threads), METHODS[precision]
-    return OnnxRuntimeBackend(source, threads=threads), METHODS[precision]
+    return OnnxRuntimeBackend(source, threads=threads, fuse_quantized=precision != "int8"), METHODS[precision]

@@ -70,8 +70,9 @@ class TensorRTExporter:
         if precision in ("fp16", "int8"):
             from lightdeploy.calibration import calibration_set
 
-            calib = calibration_set(job.preprocessing(), batch=1 if options.dynamic_batch else options.batch,
-                                    calib_dir=options.calib_dir)
+            calib = calibration_set(
+                job.preprocessing(), batch=1 if options.dynamic_batch else options.batch, calib_dir=options.calib_dir
+            )
         if precision == "fp16":
             from lightdeploy.exporters.tensorrt.fp16 import activation_ranges, fp16_pins
 
@@ -97,14 +98,25 @@ class TensorRTExporter:
             backend_file = ENGINE_FILE
             plan["status"] = f"built: {ENGINE_FILE} (TensorRT {engine['tensorrt_version']}, {engine['gpu']['name']})"
         write_plan(workdir, plan)
-        notes = [] if available else [
-            "TensorRT build plan written; build the engine on the target GPU machine with "
-            f"`lightdeploy build {{artifact}}`, or with trtexec: `sh {{artifact}}/{BUILD_SCRIPT}`",
-            f"here: {environment.split('.')[0]}",
-        ]
-        info = {"onnx": onnx_info, "plan": PLAN_FILE, "plan_onnx": plan_onnx, "check": check.summary(),
-                "fp32_layers": len(plan["fp32_layers"]), "engine": engine, "environment": environment,
-                "notes": notes}
+        notes = (
+            []
+            if available
+            else [
+                "TensorRT build plan written; build the engine on the target GPU machine with "
+                f"`lightdeploy build {{artifact}}`, or with trtexec: `sh {{artifact}}/{BUILD_SCRIPT}`",
+                f"here: {environment.split('.')[0]}",
+            ]
+        )
+        info = {
+            "onnx": onnx_info,
+            "plan": PLAN_FILE,
+            "plan_onnx": plan_onnx,
+            "check": check.summary(),
+            "fp32_layers": len(plan["fp32_layers"]),
+            "engine": engine,
+            "environment": environment,
+            "notes": notes,
+        }
 
         def float_twin(folder: Path) -> str:
             """The plan's float graph as an fp32 plan (estimated on the CPU wherever it is gated)."""
@@ -116,19 +128,41 @@ class TensorRTExporter:
         return ExportResult(self.backend, backend_file, inputs, outputs, info, float_twin=twin)
 
 
-def make_plan(job: ExportJob, precision: str, plan_onnx: str, inputs: list[dict], outputs: list[dict], check, *,
-              fp16: dict | None = None, int8: dict | None = None) -> dict:
+def make_plan(
+    job: ExportJob,
+    precision: str,
+    plan_onnx: str,
+    inputs: list[dict],
+    outputs: list[dict],
+    check,
+    *,
+    fp16: dict | None = None,
+    int8: dict | None = None,
+) -> dict:
     """The content of trt_plan.json (plan.py documents the fields)."""
     pinned = [layer["node"] for layer in (fp16 or {}).get("layers", [])]
     return {
-        "format": PLAN_FORMAT, "version": PLAN_VERSION, "model": job.spec.name, "precision": precision,
+        "format": PLAN_FORMAT,
+        "version": PLAN_VERSION,
+        "model": job.spec.name,
+        "precision": precision,
         "status": "plan: the engine is built on the target GPU machine",
-        "onnx": plan_onnx, "builder": builder_settings(precision, pinned),
-        "profiles": profiles(inputs, job.options), "inputs": inputs, "outputs": outputs,
-        "fp32_layers": (fp16 or {}).get("layers", []), "fp16_analysis": fp16, "int8": int8,
-        "check": {"summary": check.summary(), "supported": check.supported, "rewrites": check.rewrites,
-                  "warnings": [f"{f.node} ({f.op_type}): {f.message}" for f in check.warnings()],
-                  "source": check.source, "op_counts": check.op_counts},
+        "onnx": plan_onnx,
+        "builder": builder_settings(precision, pinned),
+        "profiles": profiles(inputs, job.options),
+        "inputs": inputs,
+        "outputs": outputs,
+        "fp32_layers": (fp16 or {}).get("layers", []),
+        "fp16_analysis": fp16,
+        "int8": int8,
+        "check": {
+            "summary": check.summary(),
+            "supported": check.supported,
+            "rewrites": check.rewrites,
+            "warnings": [f"{f.node} ({f.op_type}): {f.message}" for f in check.warnings()],
+            "source": check.source,
+            "op_counts": check.op_counts,
+        },
         "requirements": REQUIREMENTS,
         "commands": {"lightdeploy": "lightdeploy build ARTIFACT_DIR", "trtexec": f"sh {BUILD_SCRIPT}"},
     }

@@ -23,9 +23,11 @@ FP16_MAX = 65504.0
 # divide) see values larger than the layer's output.
 FP16_MARGIN = 16.0
 FP16_LIMIT = FP16_MAX / FP16_MARGIN
-FP16_REASON = (f"pinned when max |activation| >= {FP16_LIMIT:.0f} = 65504 / {FP16_MARGIN:g}: the calibration "
-               "images underestimate deployment maxima, and FP16 accumulators/reductions inside a layer exceed "
-               "its output; readers of a pinned tensor are pinned too, so it is never cast back to FP16")
+FP16_REASON = (
+    f"pinned when max |activation| >= {FP16_LIMIT:.0f} = 65504 / {FP16_MARGIN:g}: the calibration "
+    "images underestimate deployment maxima, and FP16 accumulators/reductions inside a layer exceed "
+    "its output; readers of a pinned tensor are pinned too, so it is never cast back to FP16"
+)
 
 # The layers TensorRT computes with (and INT8 quantises, exporters/tensorrt/qdq.py).
 COMPUTE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
@@ -50,6 +52,7 @@ def activation_ranges(model, batches) -> dict[str, float]:
     def hook(name):
         def record(module, args, output):
             ranges[name] = max(ranges.get(name, 0.0), biggest(output))
+
         return record
 
     handles = [m.register_forward_hook(hook(name)) for name, m in model.named_modules()]
@@ -72,30 +75,48 @@ def fp16_pins(onnx_model, ranges: dict[str, float], limit: float = FP16_LIMIT) -
     for node in nodes:
         path = node_module_path(node)
         if path in risky and node.name:
-            pinned[node.name] = {"node": node.name, "op_type": node.op_type, "module": node_module(node),
-                                 "max_abs": risky[path], "why": "output"}
+            pinned[node.name] = {
+                "node": node.name,
+                "op_type": node.op_type,
+                "module": node_module(node),
+                "max_abs": risky[path],
+                "why": "output",
+            }
     produced = {out: n.name for n in nodes if n.name in pinned for out in n.output}
     for node in nodes:
         if node.name and node.name not in pinned:
             reads = [produced[i] for i in node.input if i in produced]
             if reads:
-                pinned[node.name] = {"node": node.name, "op_type": node.op_type, "module": node_module(node),
-                                     "max_abs": max(pinned[r]["max_abs"] for r in reads), "why": f"reads {reads[0]}"}
+                pinned[node.name] = {
+                    "node": node.name,
+                    "op_type": node.op_type,
+                    "module": node_module(node),
+                    "max_abs": max(pinned[r]["max_abs"] for r in reads),
+                    "why": f"reads {reads[0]}",
+                }
     for node in tail_nodes(onnx_model):
         if node.name not in pinned:
-            pinned[node.name] = {"node": node.name, "op_type": node.op_type, "module": node_module(node),
-                                 "max_abs": None, "why": TAIL_REASON}
+            pinned[node.name] = {
+                "node": node.name,
+                "op_type": node.op_type,
+                "module": node_module(node),
+                "max_abs": None,
+                "why": TAIL_REASON,
+            }
     top = sorted(ranges.items(), key=lambda kv: -kv[1])[:10]
     return {
-        "limit": limit, "margin": FP16_MARGIN, "fp16_max": FP16_MAX, "reason": FP16_REASON,
+        "limit": limit,
+        "margin": FP16_MARGIN,
+        "fp16_max": FP16_MAX,
+        "reason": FP16_REASON,
         "tail_nodes": sum(1 for p in pinned.values() if p["why"] == TAIL_REASON),
-        "risky_modules": [{"module": p or "(root)", "max_abs": v} for p, v in sorted(risky.items(), key=lambda kv: -kv[1])],
+        "risky_modules": [
+            {"module": p or "(root)", "max_abs": v} for p, v in sorted(risky.items(), key=lambda kv: -kv[1])
+        ],
         "largest_activations": [{"module": p or "(root)", "max_abs": v} for p, v in top],
         "layers": list(pinned.values()),
         "nodes_with_module_path": f"{mapped}/{len(nodes)}",
     }
-
-
 
 
 def tail_nodes(onnx_model) -> list:
@@ -115,8 +136,9 @@ def tail_nodes(onnx_model) -> list:
         if node.name in feeds_compute:
             return feeds_compute[node.name]
         feeds_compute[node.name] = False  # cycles cannot occur in ONNX graphs; guards recursion
-        result = any(c.op_type in COMPUTE_OPS or reaches_compute(c)
-                     for out in node.output for c in consumers.get(out, []))
+        result = any(
+            c.op_type in COMPUTE_OPS or reaches_compute(c) for out in node.output for c in consumers.get(out, [])
+        )
         feeds_compute[node.name] = result
         return result
 
@@ -124,15 +146,36 @@ def tail_nodes(onnx_model) -> list:
     sys.setrecursionlimit(max(limit, 10 * len(nodes) + 100))
     try:
         has_compute = any(n.op_type in COMPUTE_OPS for n in nodes)
-        return [n for n in nodes if has_compute and n.op_type not in COMPUTE_OPS and n.name
-                and not reaches_compute(n) and any(_produces_float(n, o) for o in n.output)]
+        return [
+            n
+            for n in nodes
+            if has_compute
+            and n.op_type not in COMPUTE_OPS
+            and n.name
+            and not reaches_compute(n)
+            and any(_produces_float(n, o) for o in n.output)
+        ]
     finally:
         sys.setrecursionlimit(limit)
 
 
 def _produces_float(node, output: str) -> bool:
-    return node.op_type not in ("Shape", "Size", "ArgMax", "ArgMin", "NonMaxSuppression", "NonZero", "Equal",
-                                "Greater", "GreaterOrEqual", "Less", "LessOrEqual", "Not", "And", "Or")
+    return node.op_type not in (
+        "Shape",
+        "Size",
+        "ArgMax",
+        "ArgMin",
+        "NonMaxSuppression",
+        "NonZero",
+        "Equal",
+        "Greater",
+        "GreaterOrEqual",
+        "Less",
+        "LessOrEqual",
+        "Not",
+        "And",
+        "Or",
+    )
 
 
 def fp16_onnx(onnx_model, pinned_nodes: list[str]):
@@ -148,8 +191,11 @@ def fp16_onnx(onnx_model, pinned_nodes: list[str]):
 
     model = onnx.shape_inference.infer_shapes(onnx_model)
     graph = model.graph
-    floats = {v.name for v in [*graph.value_info, *graph.input, *graph.output]
-              if v.type.tensor_type.elem_type == TensorProto.FLOAT}
+    floats = {
+        v.name
+        for v in [*graph.value_info, *graph.input, *graph.output]
+        if v.type.tensor_type.elem_type == TensorProto.FLOAT
+    }
     pinned = set(pinned_nodes)
     readers: dict[str, list[str]] = {}
     for node in graph.node:
@@ -166,8 +212,10 @@ def fp16_onnx(onnx_model, pinned_nodes: list[str]):
 
     def cast_pair(src, dst):
         half = f"{dst}__fp16"
-        return [helper.make_node("Cast", [src], [half], to=TensorProto.FLOAT16, name=f"{dst}__to_fp16"),
-                helper.make_node("Cast", [half], [dst], to=TensorProto.FLOAT, name=f"{dst}__to_fp32")]
+        return [
+            helper.make_node("Cast", [src], [half], to=TensorProto.FLOAT16, name=f"{dst}__to_fp16"),
+            helper.make_node("Cast", [half], [dst], to=TensorProto.FLOAT, name=f"{dst}__to_fp32"),
+        ]
 
     nodes = []
     renamed = {}

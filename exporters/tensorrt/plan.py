@@ -48,19 +48,31 @@ def builder_settings(precision: str, pinned: list[str]) -> dict:
     flags = {"fp32": [], "fp16": ["FP16"], "int8": ["INT8"]}[precision]
     if precision == "fp16" and pinned:
         flags.append("OBEY_PRECISION_CONSTRAINTS")
-    return {"flags": flags, "workspace_bytes": WORKSPACE_BYTES, "builder_optimization_level": 3,
-            "timing_cache": TIMING_CACHE_FILE, "engine": ENGINE_FILE,
-            "layer_precisions": {name: "fp32" for name in pinned}}
+    return {
+        "flags": flags,
+        "workspace_bytes": WORKSPACE_BYTES,
+        "builder_optimization_level": 3,
+        "timing_cache": TIMING_CACHE_FILE,
+        "engine": ENGINE_FILE,
+        "layer_precisions": {name: "fp32" for name in pinned},
+    }
 
 
 def trtexec_command(plan: dict) -> str:
     """The ``trtexec`` line equivalent to ``lightdeploy build`` (run inside the artifact folder)."""
     b = plan["builder"]
-    args = ["trtexec", f"--onnx={plan['onnx']}", f"--saveEngine={b['engine']}",
-            f"--timingCacheFile={b['timing_cache']}", f"--memPoolSize=workspace:{b['workspace_bytes'] >> 20}M",
-            f"--builderOptimizationLevel={b['builder_optimization_level']}"]
+    args = [
+        "trtexec",
+        f"--onnx={plan['onnx']}",
+        f"--saveEngine={b['engine']}",
+        f"--timingCacheFile={b['timing_cache']}",
+        f"--memPoolSize=workspace:{b['workspace_bytes'] >> 20}M",
+        f"--builderOptimizationLevel={b['builder_optimization_level']}",
+    ]
     for flag in b["flags"]:
-        args += {"FP16": ["--fp16"], "INT8": ["--int8"], "OBEY_PRECISION_CONSTRAINTS": ["--precisionConstraints=obey"]}[flag]
+        args += {"FP16": ["--fp16"], "INT8": ["--int8"], "OBEY_PRECISION_CONSTRAINTS": ["--precisionConstraints=obey"]}[
+            flag
+        ]
     if b["layer_precisions"]:
         spec = ",".join(f"{name}:fp32" for name in b["layer_precisions"])
         args += [f"--layerPrecisions={spec}", f"--layerOutputTypes={spec}"]
@@ -70,13 +82,13 @@ def trtexec_command(plan: dict) -> str:
     return " ".join(shlex.quote(a) for a in args)
 
 
-
-
 def build_script(plan: dict) -> str:
     """A shell script that builds the engine with trtexec from inside the artifact folder."""
-    return ("#!/bin/sh\n# Builds model.engine from this TensorRT build plan with trtexec (TensorRT 10, on the GPU).\n"
-            "# `lightdeploy build <this folder>` does the same and also runs the parity gate on the engine.\n"
-            f'set -e\ncd "$(dirname "$0")"\n{trtexec_command(plan)}\n')
+    return (
+        "#!/bin/sh\n# Builds model.engine from this TensorRT build plan with trtexec (TensorRT 10, on the GPU).\n"
+        "# `lightdeploy build <this folder>` does the same and also runs the parity gate on the engine.\n"
+        f'set -e\ncd "$(dirname "$0")"\n{trtexec_command(plan)}\n'
+    )
 
 
 def write_plan(folder: Path, plan: dict) -> None:

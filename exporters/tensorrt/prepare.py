@@ -74,7 +74,7 @@ def _replace(model, node, emitter: _Emitter) -> None:
     nodes = list(model.graph.node)
     at = nodes.index(node)
     del model.graph.node[:]
-    model.graph.node.extend(nodes[:at] + emitter.nodes + nodes[at + 1:])
+    model.graph.node.extend(nodes[:at] + emitter.nodes + nodes[at + 1 :])
     used = _names_read(model.graph)
     for init in [i for i in model.graph.initializer if i.name in node.input and i.name not in used]:
         model.graph.initializer.remove(init)
@@ -160,6 +160,7 @@ def _suppressed_by(e: _Emitter, boxes: str, kept: str, iou_threshold: str) -> st
     zero-area box suppresses nothing (0 / 0 is NaN, which compares false).  A count, not a max, so
     that an empty ``kept`` gives "not suppressed" without a reduction over nothing.
     """
+
     def corners(b, axis):
         b = e.op("Unsqueeze", [b, e.const([axis], np.int64)])  # [n, 1, 4] or [1, m, 4]
         x1, y1, x2, y2 = e.op("Split", [b, e.const([1, 1, 1, 1], np.int64)], n_out=4, axis=2)
@@ -213,15 +214,24 @@ def _split_nms(model, node, n: int, limit: int) -> str:
             kept = kept_parts[0] if len(kept_parts) == 1 else e.op("Concat", kept_parts, axis=0)
             hit = _suppressed_by(e, chunk_boxes, e.op("Gather", [boxes, kept], axis=0), iou)
             chunk_scores = e.op("Where", [hit, e.const(-np.inf, np.float32), chunk_scores])
-        selected = e.op("NonMaxSuppression", [
-            e.op("Unsqueeze", [chunk_boxes, e.const([0], np.int64)]),
-            e.op("Unsqueeze", [chunk_scores, e.const([0, 1], np.int64)]), max_out, iou, score_thr])
+        selected = e.op(
+            "NonMaxSuppression",
+            [
+                e.op("Unsqueeze", [chunk_boxes, e.const([0], np.int64)]),
+                e.op("Unsqueeze", [chunk_scores, e.const([0, 1], np.int64)]),
+                max_out,
+                iou,
+                score_thr,
+            ],
+        )
         local = e.op("Gather", [selected, e.const(2, np.int64)], axis=1)
         kept_parts.append(e.op("Gather", [chunk, local], axis=0))
         start = stop
     kept = e.op("Concat", kept_parts, axis=0)
-    kept = e.op("Slice", [kept, e.const([0], np.int64), e.op("Reshape", [max_out, e.const([1], np.int64)]),
-                          e.const([0], np.int64)])
+    kept = e.op(
+        "Slice",
+        [kept, e.const([0], np.int64), e.op("Reshape", [max_out, e.const([1], np.int64)]), e.const([0], np.int64)],
+    )
     column = e.op("Unsqueeze", [kept, e.const([1], np.int64)])
     zeros = e.op("Sub", [column, column])  # batch 0, class 0
     e.op("Concat", [zeros, zeros, column], outputs=[node.output[0]], axis=1)

@@ -45,9 +45,15 @@ def make_qdq(onnx_path: Path, qdq_path: Path, input_name: str, batches, workdir:
     reader = _reader(input_name, batches)
     try:
         quantize_static(
-            str(pre), str(qdq_path), reader, quant_format=QuantFormat.QDQ,
-            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, per_channel=True,
-            calibrate_method=CalibrationMethod.MinMax, op_types_to_quantize=list(COMPUTE_OPS),
+            str(pre),
+            str(qdq_path),
+            reader,
+            quant_format=QuantFormat.QDQ,
+            activation_type=QuantType.QInt8,
+            weight_type=QuantType.QInt8,
+            per_channel=True,
+            calibrate_method=CalibrationMethod.MinMax,
+            op_types_to_quantize=list(COMPUTE_OPS),
             extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False},
         )
     finally:
@@ -59,8 +65,13 @@ def make_qdq(onnx_path: Path, qdq_path: Path, input_name: str, batches, workdir:
     qdq = onnx.load(str(qdq_path))
     counts = {op: sum(1 for n in qdq.graph.node if n.op_type == op) for op in ("QuantizeLinear", "DequantizeLinear")}
     return {
-        "file": qdq_path.name, "tool": "onnxruntime.quantization.quantize_static after quant_pre_process",
-        "format": "QDQ", "activations": "INT8 symmetric, per tensor (MinMax calibration)",
-        "weights": "INT8 symmetric, per channel", "bias": "float (not quantised)",
-        "quantized_op_types": list(COMPUTE_OPS), "calibration_batches": len(batches), **counts,
+        "file": qdq_path.name,
+        "tool": "onnxruntime.quantization.quantize_static after quant_pre_process",
+        "format": "QDQ",
+        "activations": "INT8 symmetric, per tensor (MinMax calibration)",
+        "weights": "INT8 symmetric, per channel",
+        "bias": "float (not quantised)",
+        "quantized_op_types": list(COMPUTE_OPS),
+        "calibration_batches": len(batches),
+        **counts,
     }

@@ -24,17 +24,21 @@ SOURCE = {
 }
 
 # Operators the table marks N (the parser has no importer for them).
-UNSUPPORTED = frozenset("""
+UNSUPPORTED = frozenset(
+    """
 AffineGrid Bernoulli BitShift BitwiseAnd BitwiseNot BitwiseOr BitwiseXor Col2Im CenterCropPad Compress
 ConcatFromSequence ConvInteger DFT Det DynamicQuantizeLinear ImageDecoder MatMulInteger MaxRoiPool MaxUnpool
 MelWeightMatrix Multinomial NegativeLogLikelihoodLoss Optional OptionalGetElement OptionalHasElement
 QLinearConv QLinearMatMul RegexFullMatch SequenceAt SequenceConstruct SequenceEmpty SequenceErase SequenceInsert
 SequenceLength SequenceMap SoftmaxCrossEntropyLoss SplitToSequence StringConcat StringNormalizer StringSplit
 TfIdfVectorizer Unique
-""".split())
+""".split()
+)
 
 # Operators the table marks Y -> the restriction it states ("" where none).
-SUPPORTED: dict[str, str] = {op: "" for op in """
+SUPPORTED: dict[str, str] = {
+    op: ""
+    for op in """
 Abs Acos Acosh Add And ArgMax ArgMin Asin Asinh Atan Atanh BatchNormalization BlackmanWindow Cast CastLike Ceil
 Celu Clip Concat ConstantOfShape Conv ConvTranspose Cos Cosh DepthToSpace Div Einsum Elu Equal Erf Exp Expand
 Flatten Floor Gather GatherElements GatherND Gelu Gemm GlobalAveragePool GlobalLpPool GlobalMaxPool Greater
@@ -44,45 +48,60 @@ MeanVarianceNormalization Min Mish Mod Mul Neg NonZero Not Or Pad ParametricSoft
 Relu Reshape ReverseSequence RMSNormalization Round ScaledTanh Scan Scatter ScatterElements Selu Shape Shrink
 Sigmoid Sign Sin Sinh Size Slice Softmax Softplus Softsign SpaceToDepth Split Sqrt Sub Sum Tan Tanh Tile
 Transpose Trilu Upsample Where Xor
-""".split()}
-SUPPORTED.update({
-    "AveragePool": "2D or 3D pooling only; dilations empty or all ones",
-    "MaxPool": "2D or 3D pooling only; the Indices output is unsupported; dilations empty or all ones",
-    "LpPool": "dilations empty or all ones",
-    "Constant": "sparse_value, value_string and value_strings attributes are unsupported",
-    "CumSum": "axis must be a build-time constant",
-    "DeformConv": "1D or 2D spatial input; begin and end pads equal per axis",
-    "DequantizeLinear": "x_zero_point must be zero",
-    "QuantizeLinear": "y_zero_point must be 0",
-    "Dropout": "is_training must be an initializer evaluating to False",
-    "EyeLike": "input must have static dimensions",
-    "GridSample": "4D input only",
-    "Hardmax": "the axis dimension must be a build-time constant",
-    "If": "both branches' outputs must have the same rank and different names",
-    "LayerNormalization": "only the first output Y is supported",
-    "Loop": "scan-output length cannot be dynamic; loop-carried shapes must stay the same across iterations",
-    "LSTM": "same activations both directions; input_forget = 0; layout = 0",
-    "GRU": "same activations both directions",
-    "RNN": "same activations both directions",
-    "NonMaxSuppression": "INMSLayer: selected indices have a data-dependent length; TopK box limit 5000 (2000 on SM 5.3/6.2)",
-    "OneHot": "depth must be a build-time constant",
-    "RandomNormal": "seed is ignored", "RandomNormalLike": "seed is ignored",
-    "RandomUniform": "seed is ignored", "RandomUniformLike": "seed is ignored",
-    "Resize": "coordinate_transformation_mode half_pixel, pytorch_half_pixel, tf_half_pixel_for_nn, asymmetric, "
-              "align_corners; mode nearest or linear (not cubic); nearest_mode floor, ceil, round_prefer_floor, "
-              "round_prefer_ceil; keep_aspect_ratio_policy stretch; no antialiasing",
-    "RoiAlign": "ROIAlign_TRT plugin: coordinate_transformation_mode half_pixel or output_half_pixel, mode avg or max",
-    "ScatterND": "reduction must be none",
-    "STFT": "frame_step and window must be initializers; real input only",
-    "Squeeze": "axes must be resolvable to a constant",
-    "Unsqueeze": "axes must be resolvable to a constant",
-    "TopK": "sorted must be 1; K must be less than 3840",
-    "Attention": "4D Q/K/V; no KV-cache inputs or outputs",
-    "RotaryEmbedding": "position_ids must be INT64",
-    "TensorScatter": "4D past_cache and update; axis -2",
-})
-for _op in ("ReduceL1", "ReduceL2", "ReduceLogSum", "ReduceLogSumExp", "ReduceMax", "ReduceMean", "ReduceMin",
-            "ReduceProd", "ReduceSum", "ReduceSumSquare"):
+""".split()
+}
+SUPPORTED.update(
+    {
+        "AveragePool": "2D or 3D pooling only; dilations empty or all ones",
+        "MaxPool": "2D or 3D pooling only; the Indices output is unsupported; dilations empty or all ones",
+        "LpPool": "dilations empty or all ones",
+        "Constant": "sparse_value, value_string and value_strings attributes are unsupported",
+        "CumSum": "axis must be a build-time constant",
+        "DeformConv": "1D or 2D spatial input; begin and end pads equal per axis",
+        "DequantizeLinear": "x_zero_point must be zero",
+        "QuantizeLinear": "y_zero_point must be 0",
+        "Dropout": "is_training must be an initializer evaluating to False",
+        "EyeLike": "input must have static dimensions",
+        "GridSample": "4D input only",
+        "Hardmax": "the axis dimension must be a build-time constant",
+        "If": "both branches' outputs must have the same rank and different names",
+        "LayerNormalization": "only the first output Y is supported",
+        "Loop": "scan-output length cannot be dynamic; loop-carried shapes must stay the same across iterations",
+        "LSTM": "same activations both directions; input_forget = 0; layout = 0",
+        "GRU": "same activations both directions",
+        "RNN": "same activations both directions",
+        "NonMaxSuppression": "INMSLayer: selected indices have a data-dependent length; TopK box limit 5000 (2000 on SM 5.3/6.2)",
+        "OneHot": "depth must be a build-time constant",
+        "RandomNormal": "seed is ignored",
+        "RandomNormalLike": "seed is ignored",
+        "RandomUniform": "seed is ignored",
+        "RandomUniformLike": "seed is ignored",
+        "Resize": "coordinate_transformation_mode half_pixel, pytorch_half_pixel, tf_half_pixel_for_nn, asymmetric, "
+        "align_corners; mode nearest or linear (not cubic); nearest_mode floor, ceil, round_prefer_floor, "
+        "round_prefer_ceil; keep_aspect_ratio_policy stretch; no antialiasing",
+        "RoiAlign": "ROIAlign_TRT plugin: coordinate_transformation_mode half_pixel or output_half_pixel, mode avg or max",
+        "ScatterND": "reduction must be none",
+        "STFT": "frame_step and window must be initializers; real input only",
+        "Squeeze": "axes must be resolvable to a constant",
+        "Unsqueeze": "axes must be resolvable to a constant",
+        "TopK": "sorted must be 1; K must be less than 3840",
+        "Attention": "4D Q/K/V; no KV-cache inputs or outputs",
+        "RotaryEmbedding": "position_ids must be INT64",
+        "TensorScatter": "4D past_cache and update; axis -2",
+    }
+)
+for _op in (
+    "ReduceL1",
+    "ReduceL2",
+    "ReduceLogSum",
+    "ReduceLogSumExp",
+    "ReduceMax",
+    "ReduceMean",
+    "ReduceMin",
+    "ReduceProd",
+    "ReduceSum",
+    "ReduceSumSquare",
+):
     SUPPORTED[_op] = "axes must be an initializer"
 
 # What to change in the PyTorch model when an operator is not supported.
@@ -102,9 +121,9 @@ REWRITES: dict[str, str] = {
     "Resize": "use F.interpolate(mode='bilinear' or 'nearest'), not bicubic or antialias=True",
     "RoiAlign": "use coordinate_transformation_mode half_pixel (aligned=True) or output_half_pixel",
     "TopK": "keep K below 3840 (e.g. a pre-selection top-k per level) and sorted=True; lightdeploy's "
-            "TensorRT export splits a constant K into a chain of TopKs (exporters/tensorrt/prepare.py)",
+    "TensorRT export splits a constant K into a chain of TopKs (exporters/tensorrt/prepare.py)",
     "NonMaxSuppression": "give it score_threshold = the lowest float32 and at most 5000 boxes; lightdeploy's "
-                         "TensorRT export does both exactly (exporters/tensorrt/prepare.py)",
+    "TensorRT export does both exactly (exporters/tensorrt/prepare.py)",
     "MaxPool": "do not return indices (return_indices=False); use dilation 1",
     "AveragePool": "use 2D pooling with dilation 1",
     "ScatterND": "use index_put without accumulate (reduction none)",
@@ -149,8 +168,13 @@ def check_node(node, facts: GraphFacts, opset: int) -> list[tuple[str, str]]:
     """Problems of one node."""
     op, a = node.op_type, _attrs(node)
     if node.domain not in STANDARD_DOMAINS:
-        return [("error", f"custom-domain operator {node.domain}::{op} has no TensorRT importer (it needs a "
-                          "TensorRT plugin of that name)")]
+        return [
+            (
+                "error",
+                f"custom-domain operator {node.domain}::{op} has no TensorRT importer (it needs a "
+                "TensorRT plugin of that name)",
+            )
+        ]
     if op in UNSUPPORTED:
         return [("error", f"{op} is not supported by the TensorRT {SOURCE['tensorrt_version']} ONNX parser")]
     if op not in SUPPORTED:
@@ -168,8 +192,13 @@ def _resize(node, a, g):
     coord = a.get("coordinate_transformation_mode", "half_pixel")
     mode = a.get("mode", "nearest")
     if coord not in RESIZE_COORD_MODES:
-        out.append(("error", f"Resize coordinate_transformation_mode={coord!r} is unsupported "
-                             f"(supported: {', '.join(sorted(RESIZE_COORD_MODES))})"))
+        out.append(
+            (
+                "error",
+                f"Resize coordinate_transformation_mode={coord!r} is unsupported "
+                f"(supported: {', '.join(sorted(RESIZE_COORD_MODES))})",
+            )
+        )
     if mode not in RESIZE_MODES:
         out.append(("error", f"Resize mode={mode!r} is unsupported (nearest or linear only)"))
     if mode == "nearest" and a.get("nearest_mode", "round_prefer_floor") not in RESIZE_NEAREST_MODES:
@@ -192,31 +221,61 @@ def _roi_align(node, a, g):
         out.append(("error", f"RoiAlign mode={a.get('mode')!r} is unsupported (avg or max)"))
     if a.get("sampling_ratio", 0) < 0:
         out.append(("error", "RoiAlign sampling_ratio must be >= 0"))
-    out.append(("warning", "RoiAlign runs as the ROIAlign_TRT plugin: load libnvinfer_plugin "
-                           "(trt.init_libnvinfer_plugins); batch_indices are cast to INT32"))
+    out.append(
+        (
+            "warning",
+            "RoiAlign runs as the ROIAlign_TRT plugin: load libnvinfer_plugin "
+            "(trt.init_libnvinfer_plugins); batch_indices are cast to INT32",
+        )
+    )
     return out
 
 
 def _nms(node, a, g):
-    out = [("warning", "NonMaxSuppression -> INMSLayer: selected_indices has a data-dependent length "
-                       f"and at most {NMS_TOPK_LIMIT} boxes per image are considered (2000 on SM 5.3/6.2)")]
+    out = [
+        (
+            "warning",
+            "NonMaxSuppression -> INMSLayer: selected_indices has a data-dependent length "
+            f"and at most {NMS_TOPK_LIMIT} boxes per image are considered (2000 on SM 5.3/6.2)",
+        )
+    ]
     if _const_input(node, 4) is None:
-        out.append(("error", "NonMaxSuppression has no score_threshold: ONNX then keeps every box, but "
-                             "TensorRT's NMS layer applies its default ScoreThreshold 0.0 and drops boxes "
-                             "scoring <= 0 (logits, log-probabilities)"))
+        out.append(
+            (
+                "error",
+                "NonMaxSuppression has no score_threshold: ONNX then keeps every box, but "
+                "TensorRT's NMS layer applies its default ScoreThreshold 0.0 and drops boxes "
+                "scoring <= 0 (logits, log-probabilities)",
+            )
+        )
     boxes = g.shapes.get(node.input[0])
     n = boxes[1] if boxes and len(boxes) == 3 else None
     if n is not None and n > NMS_TOPK_LIMIT:
-        out.append(("error", f"NonMaxSuppression over {n} boxes: TensorRT's NMS layer considers at most "
-                             f"{NMS_TOPK_LIMIT} (the rest are silently ignored)"))
+        out.append(
+            (
+                "error",
+                f"NonMaxSuppression over {n} boxes: TensorRT's NMS layer considers at most "
+                f"{NMS_TOPK_LIMIT} (the rest are silently ignored)",
+            )
+        )
     elif n is not None and n > NMS_TOPK_LIMIT_SM53:
-        out.append(("warning", f"NonMaxSuppression over {n} boxes: on SM 5.3/6.2 devices (Jetson Nano, TX1, TX2) "
-                               f"TensorRT's NMS layer considers only {NMS_TOPK_LIMIT_SM53}"))
+        out.append(
+            (
+                "warning",
+                f"NonMaxSuppression over {n} boxes: on SM 5.3/6.2 devices (Jetson Nano, TX1, TX2) "
+                f"TensorRT's NMS layer considers only {NMS_TOPK_LIMIT_SM53}",
+            )
+        )
     for i, what in ((2, "max_output_boxes_per_class"), (3, "iou_threshold"), (4, "score_threshold")):
         name = _const_input(node, i)
         if name is not None and name not in g.consts:
-            out.append(("warning", f"NonMaxSuppression {what} is computed at run time; make it a constant "
-                                   "(TensorRT builds it as a shape tensor)"))
+            out.append(
+                (
+                    "warning",
+                    f"NonMaxSuppression {what} is computed at run time; make it a constant "
+                    "(TensorRT builds it as a shape tensor)",
+                )
+            )
     return out
 
 
@@ -283,11 +342,21 @@ def _dropout(node, a, g):
 
 
 _RULES = {
-    "Resize": _resize, "RoiAlign": _roi_align, "NonMaxSuppression": _nms, "TopK": _topk,
-    "MaxPool": _pool, "AveragePool": _pool, "ScatterND": _scatter_nd, "If": _if, "Loop": _loop,
-    "QuantizeLinear": _quant, "DequantizeLinear": _quant, "Dropout": _dropout,
+    "Resize": _resize,
+    "RoiAlign": _roi_align,
+    "NonMaxSuppression": _nms,
+    "TopK": _topk,
+    "MaxPool": _pool,
+    "AveragePool": _pool,
+    "ScatterND": _scatter_nd,
+    "If": _if,
+    "Loop": _loop,
+    "QuantizeLinear": _quant,
+    "DequantizeLinear": _quant,
+    "Dropout": _dropout,
     **{op: _axes_input for op in SUPPORTED if op.startswith("Reduce")},
-    "Squeeze": _axes_input, "Unsqueeze": _axes_input,
+    "Squeeze": _axes_input,
+    "Unsqueeze": _axes_input,
 }
 
 

@@ -90,9 +90,20 @@ def _fingerprint(job: ExportJob) -> str:
     import torch
 
     digest = hashlib.blake2b(digest_size=20)
-    digest.update(repr((type(job.model).__module__, type(job.model).__qualname__, job.spec.name,
-                        tuple(job.example_input().shape), job.options.nhwc, job.input_name,
-                        tuple(job.output_names), sorted(job.options.extra.items()))).encode())
+    digest.update(
+        repr(
+            (
+                type(job.model).__module__,
+                type(job.model).__qualname__,
+                job.spec.name,
+                tuple(job.example_input().shape),
+                job.options.nhwc,
+                job.input_name,
+                tuple(job.output_names),
+                sorted(job.options.extra.items()),
+            )
+        ).encode()
+    )
     for key, tensor in job.model.state_dict().items():
         digest.update(key.encode())
         digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
@@ -133,8 +144,6 @@ def _convert_float_impl(job: ExportJob) -> tuple[bytes, list[int], list[str]]:
     return bytes(content), nhwc_outputs, decomposed
 
 
-
-
 class TFLiteExporter:
     target = "tflite"
     backend = "tflite"
@@ -149,8 +158,12 @@ class TFLiteExporter:
         for module, package in (("litert_torch", "litert-torch"), ("ai_edge_litert", "ai-edge-litert")):
             require(module, package=package, extra="tflite", purpose="TFLite export")
         if job.options.precision in ("fp16", "int8"):
-            require("ai_edge_quantizer", package="ai-edge-quantizer", extra="tflite",
-                    purpose=f"TFLite {job.options.precision} export")
+            require(
+                "ai_edge_quantizer",
+                package="ai-edge-quantizer",
+                extra="tflite",
+                purpose=f"TFLite {job.options.precision} export",
+            )
         if job.options.dynamic_batch or job.options.dynamic_size:
             raise UsageError(
                 "TFLite artifacts have a fixed input shape here (XNNPACK plans for one shape); export "
@@ -164,10 +177,16 @@ class TFLiteExporter:
         onnx_info, _ = write_onnx(job, workdir)
         t0 = time.perf_counter()
         model, nhwc_outputs, decomposed, cached = convert_float(job)
-        info: dict = {"onnx": onnx_info,
-                      "converter": {"name": "litert-torch", "from": "eager model (torch.export)",
-                                    "seconds": round(time.perf_counter() - t0, 2), "reused": cached,
-                                    "decompositions": decomposed}}
+        info: dict = {
+            "onnx": onnx_info,
+            "converter": {
+                "name": "litert-torch",
+                "from": "eager model (torch.export)",
+                "seconds": round(time.perf_counter() - t0, 2),
+                "reused": cached,
+                "decompositions": decomposed,
+            },
+        }
         check_builtin_only(list_ops(model), job.spec.name)
         float_model = model
         if precision == "fp16":
@@ -178,11 +197,19 @@ class TFLiteExporter:
         check_builtin_only(ops, job.spec.name)
         inputs, outputs = signature_io(model, job, nhwc_outputs)
         (workdir / TFLITE_FILE).write_bytes(model)
-        info.update({"ops": dict(sorted(ops.items())), "op_count": sum(ops.values()),
-                     "signature": SIGNATURE, "size_bytes": len(model)})
+        info.update(
+            {
+                "ops": dict(sorted(ops.items())),
+                "op_count": sum(ops.values()),
+                "signature": SIGNATURE,
+                "size_bytes": len(model),
+            }
+        )
         twin = None
         if precision != "fp32":
+
             def twin(folder: Path) -> str:
                 (folder / TFLITE_FILE).write_bytes(float_model)
                 return TFLITE_FILE
+
         return ExportResult(self.backend, TFLITE_FILE, inputs, outputs, info, float_twin=twin)

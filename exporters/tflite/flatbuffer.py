@@ -60,7 +60,6 @@ def check_builtin_only(ops: dict[str, int], model_name: str = "the model") -> No
         )
 
 
-
 def retarget_signature_outputs(model: bytes) -> tuple[bytes, list[str]]:
     """Point signature outputs left on a pre-DEQUANTIZE tensor at the graph output that replaced it.
 

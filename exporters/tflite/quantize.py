@@ -42,8 +42,10 @@ def quantize_fp16(model: bytes) -> tuple[bytes, dict]:
     recipe = translate_recipe.translate_to_ai_edge_recipe(quant_recipes.full_fp16_recipe().generative_recipe)
     with quiet(stderr=True):
         out = translate_recipe.quantize_model(model, recipe)
-    return bytes(out), {"quantizer": "ai-edge-quantizer", "recipe": "litert-torch full_fp16_recipe "
-                        "(FLOAT_CASTING: fp16 weights, fp32 activations)"}
+    return bytes(out), {
+        "quantizer": "ai-edge-quantizer",
+        "recipe": "litert-torch full_fp16_recipe (FLOAT_CASTING: fp16 weights, fp32 activations)",
+    }
 
 
 def quantize_int8(model: bytes, job: ExportJob) -> tuple[bytes, dict]:
@@ -69,15 +71,15 @@ def quantize_int8(model: bytes, job: ExportJob) -> tuple[bytes, dict]:
         # Quantizer.calibrate without its default moving-average update (0.95 smoothing: ranges mostly the
         # first batches', later outliers clipped): global min / max over the set, as NNCF on OpenVINO.
         # Same steps as Quantizer.calibrate otherwise; ``manager`` holds the recipe just loaded into q.
-        calib_run = calibrator.Calibrator(model, num_threads=os.cpu_count() or 1,
-                                          qsv_update_func=qsv_utils.min_max_update)
+        calib_run = calibrator.Calibrator(
+            model, num_threads=os.cpu_count() or 1, qsv_update_func=qsv_utils.min_max_update
+        )
         calib_run.calibrate({SIGNATURE: [{job.input_name: b} for b in calib.batches]}, manager)
         out = q.quantize(calib_run.get_model_qsvs(), enable_progress_report=False).quantized_model
     out, retargeted = retarget_signature_outputs(bytes(out))
     return out, {
         "quantizer": "ai-edge-quantizer",
-        "recipe": "static_wi8_ai8 (min/max; int8 per-channel weights, int8 per-tensor activations), "
-                  "float input/output",
+        "recipe": "static_wi8_ai8 (min/max; int8 per-channel weights, int8 per-tensor activations), float input/output",
         "ranges": "global min/max over the calibration set (qsv_utils.min_max_update)",
         "float_op_types": list(INT8_FLOAT_OPS),
         "float_scopes": list(float_scopes),

@@ -156,9 +156,16 @@ class DetectionLayer(nn.Module):
     only suppresses boxes scoring even lower, so the kept set equals thresholding first.
     """
 
-    def __init__(self, num_classes: int, score_thresh: float = 0.05, nms_thresh: float = 0.5,
-                 max_detections: int = MAX_DETECTIONS, pre_nms_top_n: int = 1000, stds=(0.1, 0.1, 0.2, 0.2),
-                 min_size: float = 1e-2):
+    def __init__(
+        self,
+        num_classes: int,
+        score_thresh: float = 0.05,
+        nms_thresh: float = 0.5,
+        max_detections: int = MAX_DETECTIONS,
+        pre_nms_top_n: int = 1000,
+        stds=(0.1, 0.1, 0.2, 0.2),
+        min_size: float = 1e-2,
+    ):
         super().__init__()
         self.min_size = min_size
         self.num_classes = num_classes
@@ -287,8 +294,9 @@ class TwoStageDetector(nn.Module):
             self(x)
         counts = {k: sum(v.values()) // 2 for k, v in counter.get_flop_counts().items()}
         root = type(self).__name__  # FlopCounterMode names modules "<root class>.<path>"
-        out = {label: sum(_subtree_macs(counts, f"{root}.{m}") for m in modules)
-               for label, modules in self.parts.items()}
+        out = {
+            label: sum(_subtree_macs(counts, f"{root}.{m}") for m in modules) for label, modules in self.parts.items()
+        }
         out["total"] = counter.get_total_flops() // 2
         return out
 

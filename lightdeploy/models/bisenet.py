@@ -286,24 +286,26 @@ _VARIANTS = {
 }
 
 for _name, (_backbone, _macs, _params) in _VARIANTS.items():
-    register_model(ModelSpec(
-        name=_name,
-        family="bisenet",
-        task="segment",
-        builder=_build,
-        builder_kwargs={"backbone": _backbone},
-        # Cityscapes' 1:2 aspect at half its 1024x2048 resolution: a CPU-sized default (the paper
-        # times 2048x1024 on a GPU) and a multiple of the stride.
-        input_size=(512, 1024),
-        # Five halvings in the context path (C32); the x2 upsamples are exact at multiples of 32.
-        # (Every upsample targets the joined tensor's size, so other sizes, e.g. the paper's
-        # 640x360, also run, as in TorchSeg.)
-        stride=32,
-        num_classes=CITYSCAPES_CLASSES,
-        outputs=("logits", "mask"),
-        class_names=CITYSCAPES,
-        description=f"BiSeNet, {_backbone} context path (TorchSeg structure; Cityscapes 19 classes)",
-        reference=Reference(_macs, _params, "docs/models.md §5 computed row [C]", at=(768, 1536)),
-    ))
+    register_model(
+        ModelSpec(
+            name=_name,
+            family="bisenet",
+            task="segment",
+            builder=_build,
+            builder_kwargs={"backbone": _backbone},
+            # Cityscapes' 1:2 aspect at half its 1024x2048 resolution: a CPU-sized default (the paper
+            # times 2048x1024 on a GPU) and a multiple of the stride.
+            input_size=(512, 1024),
+            # Five halvings in the context path (C32); the x2 upsamples are exact at multiples of 32.
+            # (Every upsample targets the joined tensor's size, so other sizes, e.g. the paper's
+            # 640x360, also run, as in TorchSeg.)
+            stride=32,
+            num_classes=CITYSCAPES_CLASSES,
+            outputs=("logits", "mask"),
+            class_names=CITYSCAPES,
+            description=f"BiSeNet, {_backbone} context path (TorchSeg structure; Cityscapes 19 classes)",
+            reference=Reference(_macs, _params, "docs/models.md §5 computed row [C]", at=(768, 1536)),
+        )
+    )
 
 register_alias("bisenet", "bisenet_xception39")

@@ -223,23 +223,25 @@ _VARIANTS = {
 }
 
 for _name, (_variant, _macs, _params) in _VARIANTS.items():
-    register_model(ModelSpec(
-        name=_name,
-        family="dfanet",
-        task="segment",
-        builder=_build,
-        builder_kwargs={"variant": _variant},
-        # The paper's headline setting for A (3.4 GFLOPs, 71.3% mIoU at 1024x1024).
-        input_size=(1024, 1024),
-        # Six halvings: the third backbone's enc4 / fca output is at 1/64, and the x4 / x16 upsamples
-        # back to enc2 and 1/4 are exact only when H and W are multiples of 64.
-        stride=64,
-        num_classes=CITYSCAPES_CLASSES,
-        outputs=("logits", "mask"),
-        class_names=CITYSCAPES,
-        description=f"DFANet {_variant.upper()} (three cascaded Xception backbones, fc attention; "
-                    "reimplementation structure; Cityscapes 19 classes)",
-        reference=Reference(_macs, _params, "docs/models.md §6 computed row [C]", at=(1024, 1024)),
-    ))
+    register_model(
+        ModelSpec(
+            name=_name,
+            family="dfanet",
+            task="segment",
+            builder=_build,
+            builder_kwargs={"variant": _variant},
+            # The paper's headline setting for A (3.4 GFLOPs, 71.3% mIoU at 1024x1024).
+            input_size=(1024, 1024),
+            # Six halvings: the third backbone's enc4 / fca output is at 1/64, and the x4 / x16 upsamples
+            # back to enc2 and 1/4 are exact only when H and W are multiples of 64.
+            stride=64,
+            num_classes=CITYSCAPES_CLASSES,
+            outputs=("logits", "mask"),
+            class_names=CITYSCAPES,
+            description=f"DFANet {_variant.upper()} (three cascaded Xception backbones, fc attention; "
+            "reimplementation structure; Cityscapes 19 classes)",
+            reference=Reference(_macs, _params, "docs/models.md §6 computed row [C]", at=(1024, 1024)),
+        )
+    )
 
 register_alias("dfanet", "dfanet_a")

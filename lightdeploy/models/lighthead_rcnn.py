@@ -72,8 +72,7 @@ class XceptionLike(nn.Module):
 
     def __init__(self):
         super().__init__()
-        self.conv1 = nn.Sequential(nn.Conv2d(3, STEM, 3, 2, 1, bias=False), nn.BatchNorm2d(STEM),
-                                   nn.ReLU(inplace=True))
+        self.conv1 = nn.Sequential(nn.Conv2d(3, STEM, 3, 2, 1, bias=False), nn.BatchNorm2d(STEM), nn.ReLU(inplace=True))
         self.maxpool = nn.MaxPool2d(3, 2, 1)
         stages, inp = [], STEM
         for oup, repeats in STAGES:
@@ -94,10 +93,12 @@ class LargeSeparableConv(nn.Module):
     def __init__(self, inp: int, k: int = LARGE_KERNEL, mid: int = MID_CHANNELS, out: int = THIN_CHANNELS):
         super().__init__()
         p = k // 2
-        self.col = nn.Sequential(nn.Conv2d(inp, mid, (k, 1), padding=(p, 0)),
-                                 nn.Conv2d(mid, out, (1, k), padding=(0, p)))
-        self.row = nn.Sequential(nn.Conv2d(inp, mid, (1, k), padding=(0, p)),
-                                 nn.Conv2d(mid, out, (k, 1), padding=(p, 0)))
+        self.col = nn.Sequential(
+            nn.Conv2d(inp, mid, (k, 1), padding=(p, 0)), nn.Conv2d(mid, out, (1, k), padding=(0, p))
+        )
+        self.row = nn.Sequential(
+            nn.Conv2d(inp, mid, (1, k), padding=(0, p)), nn.Conv2d(mid, out, (k, 1), padding=(p, 0))
+        )
         self.relu = nn.ReLU(inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -143,8 +144,13 @@ LIGHTHEAD_FC_MEAN_SQUARE = 0.02
 class LightHeadRCNN(det.TwoStageDetector):
     parts = {"backbone": ("backbone",), "rpn": ("rpn",), "thin_map": ("thin",), "head": ("head",)}
 
-    def __init__(self, num_classes: int = 80, input_size: tuple[int, int] = (512, 512),
-                 pre_nms_top_n: int = 6000, post_nms_top_n: int = 1000):
+    def __init__(
+        self,
+        num_classes: int = 80,
+        input_size: tuple[int, int] = (512, 512),
+        pre_nms_top_n: int = 6000,
+        post_nms_top_n: int = 1000,
+    ):
         super().__init__()
         self.input_size = tuple(input_size)
         self.num_classes = num_classes
@@ -170,18 +176,20 @@ def _build(num_classes: int = 80, input_size: tuple[int, int] = (512, 512)) -> L
     return LightHeadRCNN(num_classes=num_classes, input_size=input_size)
 
 
-register_model(ModelSpec(
-    name="lighthead_rcnn",
-    family="lighthead_rcnn",
-    task="detect",
-    builder=_build,
-    input_size=(512, 512),  # see the module docstring
-    stride=32,  # C5 (the thin map) at 1/32
-    num_classes=80,
-    outputs=det.STANDARD_OUTPUTS,
-    description="Light-Head R-CNN, setting S (Xception-like backbone, large separable conv, "
-                "PSRoIAlign 10x7x7, 2048-d fc)",
-    class_names=COCO,
-    export_wrapper=det.export_wrapper,
-    raw_outputs=det.RAW_OUTPUTS,
-))
+register_model(
+    ModelSpec(
+        name="lighthead_rcnn",
+        family="lighthead_rcnn",
+        task="detect",
+        builder=_build,
+        input_size=(512, 512),  # see the module docstring
+        stride=32,  # C5 (the thin map) at 1/32
+        num_classes=80,
+        outputs=det.STANDARD_OUTPUTS,
+        description="Light-Head R-CNN, setting S (Xception-like backbone, large separable conv, "
+        "PSRoIAlign 10x7x7, 2048-d fc)",
+        class_names=COCO,
+        export_wrapper=det.export_wrapper,
+        raw_outputs=det.RAW_OUTPUTS,
+    )
+)

@@ -128,17 +128,19 @@ def _build(num_classes: int = 1000, width_mult: float = 1.0) -> MobileNetV2:
 
 
 for _name, (_width, _macs, _params) in _WIDTHS.items():
-    register_model(ModelSpec(
-        name=_name,
-        family="mobilenetv2",
-        task="classify",
-        builder=_build,
-        builder_kwargs={"width_mult": _width},
-        input_size=(224, 224),
-        stride=32,
-        num_classes=1000,
-        outputs=("logits",),
-        description=f"MobileNetV2 width {_width} (inverted residuals, linear bottlenecks)",
-        reference=Reference(_macs, _params, "docs/models.md §1 computed row [C]"),
-        torchvision_arch="mobilenet_v2",
-    ))
+    register_model(
+        ModelSpec(
+            name=_name,
+            family="mobilenetv2",
+            task="classify",
+            builder=_build,
+            builder_kwargs={"width_mult": _width},
+            input_size=(224, 224),
+            stride=32,
+            num_classes=1000,
+            outputs=("logits",),
+            description=f"MobileNetV2 width {_width} (inverted residuals, linear bottlenecks)",
+            reference=Reference(_macs, _params, "docs/models.md §1 computed row [C]"),
+            torchvision_arch="mobilenet_v2",
+        )
+    )

@@ -8,6 +8,7 @@ the closest names, as torchvision's and timm's registries do.
 from __future__ import annotations
 
 from collections.abc import Callable
+import importlib
 from dataclasses import dataclass, field
 
 from lightdeploy.errors import UsageError, unknown_name_error
@@ -88,8 +89,9 @@ def register_model(spec: ModelSpec) -> ModelSpec:
 def register_alias(alias: str, target: str, description: str = "") -> ModelSpec:
     """Register ``alias`` as another name for ``target`` (e.g. thundernet = thundernet_snet146)."""
     base = _REGISTRY[target]
-    spec = ModelSpec(**{**base.__dict__, "name": alias, "alias_of": target,
-                        "description": description or f"= {target}"})
+    spec = ModelSpec(
+        **{**base.__dict__, "name": alias, "alias_of": target, "description": description or f"= {target}"}
+    )
     return register_model(spec)
 
 
@@ -102,11 +104,25 @@ def get_spec(name: str) -> ModelSpec:
 
 
 def list_models(task: str | None = None) -> list[str]:
-    """Registered names (aliases included), in registration order, optionally of one task."""
+    """Registered names (aliases included), family by family in BUILTIN_FAMILIES order, then models
+    registered elsewhere, each in registration order; optionally of one task."""
     _ensure_families_loaded()
-    return [n for n, s in _REGISTRY.items() if task is None or s.task == task]
+    order = {f"{__package__}.{family}": i for i, family in enumerate(BUILTIN_FAMILIES)}
+    names = sorted(_REGISTRY, key=lambda n: order.get(_REGISTRY[n].builder.__module__, len(order)))
+    return [n for n in names if task is None or _REGISTRY[n].task == task]
+
+
+# The zoo's family modules (one file each under lightdeploy/models/), in listing order: backbones,
+# detectors, segmenters.  Each registers its models when imported; the registry imports them by name
+# on first use, so importing the registry (or one family) loads nothing else.
+BUILTIN_FAMILIES = ("mobilenetv2", "shufflenetv2", "snet", "thundernet", "lighthead_rcnn", "bisenet", "dfanet")
+_families_loaded = False
 
 
 def _ensure_families_loaded() -> None:
-    # Importing the package imports every family file, which registers its models.
-    import lightdeploy.models  # noqa: F401
+    global _families_loaded
+    if _families_loaded:
+        return
+    _families_loaded = True
+    for family in BUILTIN_FAMILIES:
+        importlib.import_module(f"{__package__}.{family}")

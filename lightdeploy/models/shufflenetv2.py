@@ -116,17 +116,19 @@ def _build(num_classes: int = 1000, width: float = 1.0) -> ShuffleNetV2:
 
 
 for _name, (_width, _macs, _params) in _WIDTHS.items():
-    register_model(ModelSpec(
-        name=_name,
-        family="shufflenetv2",
-        task="classify",
-        builder=_build,
-        builder_kwargs={"width": _width},
-        input_size=(224, 224),
-        stride=32,
-        num_classes=1000,
-        outputs=("logits",),
-        description=f"ShuffleNetV2 {_width}x (channel split, channel shuffle; torchvision unit)",
-        reference=Reference(_macs, _params, "docs/models.md §2 table, torchvision-unit [C] column"),
-        torchvision_arch=f"shufflenet_v2_x{str(_width).replace('.', '_')}",
-    ))
+    register_model(
+        ModelSpec(
+            name=_name,
+            family="shufflenetv2",
+            task="classify",
+            builder=_build,
+            builder_kwargs={"width": _width},
+            input_size=(224, 224),
+            stride=32,
+            num_classes=1000,
+            outputs=("logits",),
+            description=f"ShuffleNetV2 {_width}x (channel split, channel shuffle; torchvision unit)",
+            reference=Reference(_macs, _params, "docs/models.md §2 table, torchvision-unit [C] column"),
+            torchvision_arch=f"shufflenet_v2_x{str(_width).replace('.', '_')}",
+        )
+    )

@@ -72,15 +72,13 @@ class SNet(nn.Module):
     def __init__(self, depth: int = 146, num_classes: int = 1000):
         super().__init__()
         c1, c2, c3, c4, c5 = SNET_CHANNELS[depth]
-        self.conv1 = nn.Sequential(
-            nn.Conv2d(3, c1, 3, 2, 1, bias=False), nn.BatchNorm2d(c1), nn.ReLU(inplace=True)
-        )
+        self.conv1 = nn.Sequential(nn.Conv2d(3, c1, 3, 2, 1, bias=False), nn.BatchNorm2d(c1), nn.ReLU(inplace=True))
         self.maxpool = nn.MaxPool2d(3, 2, 1)
         stages, inp = [], c1
         for repeats, oup in zip(STAGE_REPEATS, (c2, c3, c4)):
-            stages.append(nn.Sequential(
-                ShuffleV2Block(inp, oup, 2), *[ShuffleV2Block(oup, oup, 1) for _ in range(repeats - 1)]
-            ))
+            stages.append(
+                nn.Sequential(ShuffleV2Block(inp, oup, 2), *[ShuffleV2Block(oup, oup, 1) for _ in range(repeats - 1)])
+            )
             inp = oup
         self.stage2, self.stage3, self.stage4 = stages
         if c5 is not None:
@@ -111,16 +109,18 @@ def _build(num_classes: int = 1000, depth: int = 146) -> SNet:
 
 
 for _depth, (_macs, _params) in _DEPTHS.items():
-    register_model(ModelSpec(
-        name=f"snet{_depth}",
-        family="snet",
-        task="classify",
-        builder=_build,
-        builder_kwargs={"depth": _depth},
-        input_size=(224, 224),
-        stride=32,
-        num_classes=1000,
-        outputs=("logits",),
-        description=f"SNet{_depth} (ThunderNet's ShuffleNetV2, 5x5 depthwise)",
-        reference=Reference(_macs, _params, "docs/models.md §4 SNet complexity [C], Megvii-unit column"),
-    ))
+    register_model(
+        ModelSpec(
+            name=f"snet{_depth}",
+            family="snet",
+            task="classify",
+            builder=_build,
+            builder_kwargs={"depth": _depth},
+            input_size=(224, 224),
+            stride=32,
+            num_classes=1000,
+            outputs=("logits",),
+            description=f"SNet{_depth} (ThunderNet's ShuffleNetV2, 5x5 depthwise)",
+            reference=Reference(_macs, _params, "docs/models.md §4 SNet complexity [C], Megvii-unit column"),
+        )
+    )

@@ -126,8 +126,15 @@ class RCNNHead(nn.Module):
 class ThunderNet(det.TwoStageDetector):
     parts = {"backbone": ("backbone",), "cem": ("cem",), "rpn": ("rpn",), "sam": ("sam",), "head": ("head",)}
 
-    def __init__(self, depth: int = 146, num_classes: int = 80, input_size: tuple[int, int] = (320, 320),
-                 rcnn_fcs: int = 1, pre_nms_top_n: int = 2000, post_nms_top_n: int = 200):
+    def __init__(
+        self,
+        depth: int = 146,
+        num_classes: int = 80,
+        input_size: tuple[int, int] = (320, 320),
+        rcnn_fcs: int = 1,
+        pre_nms_top_n: int = 2000,
+        post_nms_top_n: int = 200,
+    ):
         super().__init__()
         self.input_size = tuple(input_size)
         self.num_classes = num_classes
@@ -159,21 +166,23 @@ def _build(num_classes: int = 80, depth: int = 146, input_size: tuple[int, int] 
 
 
 for _depth in (49, 146, 535):
-    register_model(ModelSpec(
-        name=f"thundernet_snet{_depth}",
-        family="thundernet",
-        task="detect",
-        builder=_build,
-        builder_kwargs={"depth": _depth},
-        input_size=(320, 320),  # [P] Figure 2 caption
-        # C4 at 1/16, C5 at 1/32 and CEM upsamples C5 2x onto C4: H and W must be multiples of 32
-        # (the nearest upsample targets C4's size, but an odd C4 would misalign anchors and C5 cells).
-        stride=32,
-        num_classes=80,
-        outputs=det.STANDARD_OUTPUTS,
-        description=f"ThunderNet with SNet{_depth} (CEM, compressed RPN, SAM, PSRoIAlign, 1024-d fc)",
-        class_names=COCO,
-        export_wrapper=det.export_wrapper,
-        raw_outputs=det.RAW_OUTPUTS,
-    ))
+    register_model(
+        ModelSpec(
+            name=f"thundernet_snet{_depth}",
+            family="thundernet",
+            task="detect",
+            builder=_build,
+            builder_kwargs={"depth": _depth},
+            input_size=(320, 320),  # [P] Figure 2 caption
+            # C4 at 1/16, C5 at 1/32 and CEM upsamples C5 2x onto C4: H and W must be multiples of 32
+            # (the nearest upsample targets C4's size, but an odd C4 would misalign anchors and C5 cells).
+            stride=32,
+            num_classes=80,
+            outputs=det.STANDARD_OUTPUTS,
+            description=f"ThunderNet with SNet{_depth} (CEM, compressed RPN, SAM, PSRoIAlign, 1024-d fc)",
+            class_names=COCO,
+            export_wrapper=det.export_wrapper,
+            raw_outputs=det.RAW_OUTPUTS,
+        )
+    )
 register_alias("thundernet", "thundernet_snet146")

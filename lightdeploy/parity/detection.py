@@ -83,13 +83,19 @@ def iou_matrix(a: np.ndarray, b: np.ndarray, pad: float | None = None) -> np.nda
 def split_images(outputs: dict) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """[(boxes [n, 4], scores [n], labels [n])] per image, the valid slots only."""
     images = []
-    for boxes, scores, labels, nums in zip(outputs["boxes"], outputs["scores"], outputs["labels"],
-                                           outputs["num_detections"]):
+    for boxes, scores, labels, nums in zip(
+        outputs["boxes"], outputs["scores"], outputs["labels"], outputs["num_detections"]
+    ):
         nums = np.asarray(nums).reshape(-1)
         for b in range(boxes.shape[0]):
             n = int(nums[b])
-            images.append((np.asarray(boxes[b][:n], np.float64), np.asarray(scores[b][:n], np.float64),
-                           np.asarray(labels[b][:n]).astype(np.int64)))
+            images.append(
+                (
+                    np.asarray(boxes[b][:n], np.float64),
+                    np.asarray(scores[b][:n], np.float64),
+                    np.asarray(labels[b][:n]).astype(np.int64),
+                )
+            )
     return images
 
 
@@ -112,8 +118,9 @@ def pair(ref, out) -> list[tuple[int, int, float]]:
     return pairs
 
 
-def near_ties(ref, out, candidates_ref: set[int], candidates_out: set[int],
-              score_tol: float = 0.0) -> tuple[set[int], set[int]]:
+def near_ties(
+    ref, out, candidates_ref: set[int], candidates_out: set[int], score_tol: float = 0.0
+) -> tuple[set[int], set[int]]:
     """The candidate detections (indices per side) whose presence may flip on float noise.
 
     Detections of both sides are indexed together (eager first).  A detection's twin (the other
@@ -159,8 +166,12 @@ def detect_checks(ref: dict, out: dict, tol: Tolerance, output_names: list[str])
     ref_images, out_images = split_images(ref), split_images(out)
     strict = tol.box_min if tol.precision == "fp32" else PAIR_IOU  # a pair below it is "bad"
     all_pairs = [pair(r, o) for r, o in zip(ref_images, out_images)]
-    good_diffs = [abs(r[1][i] - o[1][j]) for (r, o), pairs in zip(zip(ref_images, out_images), all_pairs)
-                  for i, j, iou in pairs if iou >= max(strict, 0.99)]
+    good_diffs = [
+        abs(r[1][i] - o[1][j])
+        for (r, o), pairs in zip(zip(ref_images, out_images), all_pairs)
+        for i, j, iou in pairs
+        if iou >= max(strict, 0.99)
+    ]
     # Score noise actually measured on the well-paired detections: two candidates closer than
     # twice that are ordered by float noise (capped so a broken artifact cannot excuse much).
     score_tol = float(min(2 * max(good_diffs, default=0.0), TIE_SCORE_ABS_CAP))
@@ -181,8 +192,10 @@ def detect_checks(ref: dict, out: dict, tol: Tolerance, output_names: list[str])
         # The cut at K: when a side is full, each tied detection the other side gained pushed one
         # detection off this side's tail, so that many unpaired tail detections are ties too.
         slots = ref["boxes"][0].shape[1]
-        for mine, cands, gained in ((tie_ref, cand_ref, len(tie_out - {j for _, j in bad})),
-                                    (tie_out, cand_out, len(tie_ref - {i for i, _ in bad}))):
+        for mine, cands, gained in (
+            (tie_ref, cand_ref, len(tie_out - {j for _, j in bad})),
+            (tie_out, cand_out, len(tie_ref - {i for i, _ in bad})),
+        ):
             n_mine = n_ref if mine is tie_ref else len(o[0])
             if n_mine == slots and gained:
                 mine |= {k for k in cands if k >= n_mine - gained}
@@ -199,8 +212,9 @@ def detect_checks(ref: dict, out: dict, tol: Tolerance, output_names: list[str])
         lone_out = cand_out - tie_out - {j for _, j in bad}
         if lone_ref or lone_out:
             worst = 0.0
-            failures.append({"image": index, "eager_unmatched": sorted(lone_ref),
-                             "artifact_unmatched": sorted(lone_out)})
+            failures.append(
+                {"image": index, "eager_unmatched": sorted(lone_ref), "artifact_unmatched": sorted(lone_out)}
+            )
         if len(r[0]) and len(o[0]):  # label agreement of boxes paired by IoU alone
             ious = iou_matrix(r[0], o[0])
             best = ious.argmax(1)

@@ -64,8 +64,9 @@ def run_parity(
     eager32 = run_eager(model, batches, names, layout, dtype=torch.float32)
     artifact = run_artifact(runtime, batches, manifest)
     tol = tolerance or tolerance_for(manifest["backend"], manifest["precision"])
-    report = compare(eager, artifact, manifest, tol, [p.name for p in inputs], artifact_name=folder.name,
-                     eager32=eager32)
+    report = compare(
+        eager, artifact, manifest, tol, [p.name for p in inputs], artifact_name=folder.name, eager32=eager32
+    )
     if method:
         report.estimated, report.method = True, method
         report.notes.append(f"estimated on the CPU: {method}; the artifact itself is gated where it runs")
@@ -73,8 +74,9 @@ def run_parity(
 
 
 @torch.no_grad()
-def run_eager(model: torch.nn.Module, batches, output_names: list[str], layout: str = "NCHW",
-              dtype: torch.dtype = REFERENCE_DTYPE) -> Outputs:
+def run_eager(
+    model: torch.nn.Module, batches, output_names: list[str], layout: str = "NCHW", dtype: torch.dtype = REFERENCE_DTYPE
+) -> Outputs:
     out: Outputs = {n: [] for n in output_names}
     model = copy.deepcopy(model).to(dtype).eval()
     for _, x in batches:
@@ -102,8 +104,15 @@ def run_artifact(runtime, batches, manifest: dict) -> Outputs:
     return out
 
 
-def compare(eager: Outputs, artifact: Outputs, manifest: dict, tol: Tolerance, input_names: list[str],
-            artifact_name: str = "", eager32: Outputs | None = None) -> ParityReport:
+def compare(
+    eager: Outputs,
+    artifact: Outputs,
+    manifest: dict,
+    tol: Tolerance,
+    input_names: list[str],
+    artifact_name: str = "",
+    eager32: Outputs | None = None,
+) -> ParityReport:
     """Judge ``artifact`` against the float64 ``eager`` outputs.
 
     ``eager32`` (eager PyTorch in float32) measures each output's reference noise floor: how far a
@@ -132,7 +141,13 @@ def compare(eager: Outputs, artifact: Outputs, manifest: dict, tol: Tolerance, i
         task_checks, task_info = task_fn(eager, artifact, tol, list(eager))
         checks += task_checks
     return ParityReport(
-        artifact=artifact_name or manifest["model"], model=manifest["model"], backend=manifest["backend"],
-        precision=manifest["precision"], tolerance=tol.as_dict(), inputs=input_names,
-        outputs=stats, checks=checks, task_info=task_info,
+        artifact=artifact_name or manifest["model"],
+        model=manifest["model"],
+        backend=manifest["backend"],
+        precision=manifest["precision"],
+        tolerance=tol.as_dict(),
+        inputs=input_names,
+        outputs=stats,
+        checks=checks,
+        task_info=task_info,
     )

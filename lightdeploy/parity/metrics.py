@@ -92,9 +92,13 @@ def classify_checks(ref: dict, out: dict, tol: Tolerance, output_names: list[str
     value = float(agree[judged].mean()) if judged.any() else 1.0
     k = min(5, r.shape[1])
     top5 = np.mean([len(set(np.argsort(-a)[:k]) & set(np.argsort(-b)[:k])) / k for a, b in zip(r, o)])
-    info = {"top1_agreement_all": float(agree.mean()), "judged_inputs": int(judged.sum()),
-            "near_ties": int((~clear).sum()),
-            "inputs": int(len(agree)), "top5_overlap": float(top5)}
+    info = {
+        "top1_agreement_all": float(agree.mean()),
+        "judged_inputs": int(judged.sum()),
+        "near_ties": int((~clear).sum()),
+        "inputs": int(len(agree)),
+        "top5_overlap": float(top5),
+    }
     return [Check("task", "top1_agreement", value, tol.top1_agreement_min, ">=")], info
 
 

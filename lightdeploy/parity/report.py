@@ -38,18 +38,31 @@ class ParityReport:
         "float graph: <subject>" rows: an fp16 / int8 artifact passes only if its graph did too."""
         for c in twin.checks:
             self.checks.append(Check(f"float graph: {c.subject}", c.metric, c.value, c.limit, c.op))
-        self.task_info["float_graph"] = {"passed": twin.passed, "tolerance": twin.tolerance,
-                                         "outputs": twin.outputs, "task": twin.task_info}
-        self.notes.append(f"float graph before {self.precision} (same converter), fp32 row: "
-                          f"{'passed' if twin.passed else 'FAILED'}")
+        self.task_info["float_graph"] = {
+            "passed": twin.passed,
+            "tolerance": twin.tolerance,
+            "outputs": twin.outputs,
+            "task": twin.task_info,
+        }
+        self.notes.append(
+            f"float graph before {self.precision} (same converter), fp32 row: {'passed' if twin.passed else 'FAILED'}"
+        )
 
     def as_dict(self) -> dict:
         return {
-            "artifact": self.artifact, "model": self.model, "backend": self.backend,
-            "precision": self.precision, "passed": self.passed, "tolerance": self.tolerance,
-            "inputs": self.inputs, "outputs": self.outputs,
-            "checks": [c.as_dict() for c in self.checks], "task": self.task_info, "notes": self.notes,
-            "estimated": self.estimated, "method": self.method,
+            "artifact": self.artifact,
+            "model": self.model,
+            "backend": self.backend,
+            "precision": self.precision,
+            "passed": self.passed,
+            "tolerance": self.tolerance,
+            "inputs": self.inputs,
+            "outputs": self.outputs,
+            "checks": [c.as_dict() for c in self.checks],
+            "task": self.task_info,
+            "notes": self.notes,
+            "estimated": self.estimated,
+            "method": self.method,
         }
 
     def summary(self) -> str:
@@ -68,11 +81,16 @@ def write_junit(reports: list[ParityReport], path: str | Path) -> None:
     """One <testsuite> per artifact, one <testcase> per check."""
     suites = ET.Element("testsuites")
     for r in reports:
-        suite = ET.SubElement(suites, "testsuite", name=f"parity.{r.artifact}",
-                              tests=str(len(r.checks)), failures=str(len(r.failures())))
+        suite = ET.SubElement(
+            suites, "testsuite", name=f"parity.{r.artifact}", tests=str(len(r.checks)), failures=str(len(r.failures()))
+        )
         for c in r.checks:
-            case = ET.SubElement(suite, "testcase", classname=f"parity.{r.model}.{r.backend}.{r.precision}",
-                                 name=f"{c.subject}.{c.metric}")
+            case = ET.SubElement(
+                suite,
+                "testcase",
+                classname=f"parity.{r.model}.{r.backend}.{r.precision}",
+                name=f"{c.subject}.{c.metric}",
+            )
             if not c.passed:
                 ET.SubElement(case, "failure", message=f"{c.metric} = {c.value:.6g}, limit {c.op} {c.limit:.6g}")
     ET.ElementTree(suites).write(str(path), encoding="utf-8", xml_declaration=True)
@@ -88,6 +106,11 @@ def render_table(report: ParityReport):
     for name, s in report.outputs.items():
         table.add_row(name, "max abs / max rel", f"{s['max_abs']:.3g} / {s['max_rel']:.3g}", "", "")
     for c in report.checks:
-        table.add_row(c.subject, c.metric, f"{c.value:.6g}", f"{c.op} {c.limit:.6g}",
-                      "[green]yes[/]" if c.passed else "[red]NO[/]")
+        table.add_row(
+            c.subject,
+            c.metric,
+            f"{c.value:.6g}",
+            f"{c.op} {c.limit:.6g}",
+            "[green]yes[/]" if c.passed else "[red]NO[/]",
+        )
     return table

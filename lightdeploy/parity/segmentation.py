@@ -30,4 +30,7 @@ def segment_checks(ref: dict, out: dict, tol: Tolerance, output_names: list[str]
     o = np.concatenate([np.asarray(m).astype(r.dtype).ravel() for m in out[name]])
     accuracy, miou = mask_agreement(r, o)
     return [Check("task", "mask_pixel_agreement", accuracy, tol.mask_pixels_min, ">=")], {
-        "mask_pixel_agreement": accuracy, "mask_miou": miou, "pixels": int(r.size)}
+        "mask_pixel_agreement": accuracy,
+        "mask_miou": miou,
+        "pixels": int(r.size),
+    }

@@ -21,7 +21,7 @@ METHODS = {
     "float16 (the pinned FP32 layers left in float32), in ONNX Runtime (CPU): FP16 storage, rounding and "
     "overflow are modelled; FP16 accumulation inside TensorRT kernels is not",
     "int8": "the QDQ ONNX (the engine's source) in ONNX Runtime (CPU) as exact fake-quantisation (Q/DQ not "
-            "fused into ONNX Runtime's int8 kernels, whose saturation on some CPUs TensorRT does not share)",
+    "fused into ONNX Runtime's int8 kernels, whose saturation on some CPUs TensorRT does not share)",
 }
 
 

@@ -7,8 +7,8 @@ the closest names, as torchvision's and timm's registries do.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from lightdeploy.errors import UsageError, unknown_name_error

@@ -71,9 +71,7 @@ def _check_boxes(boxes: torch.Tensor, scores: torch.Tensor) -> None:
     if boxes.dim() != 2 or boxes.shape[-1] != 4:
         raise ValueError(f"nms boxes must be [N, 4], got shape {tuple(boxes.shape)}")
     if scores.dim() != 1 or scores.shape[0] != boxes.shape[0]:
-        raise ValueError(
-            f"nms scores must be [N] with N = {boxes.shape[0]}, got shape {tuple(scores.shape)}"
-        )
+        raise ValueError(f"nms scores must be [N] with N = {boxes.shape[0]}, got shape {tuple(scores.shape)}")
 
 
 # --------------------------------------------------------------------------------------- eager
@@ -198,9 +196,7 @@ def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torc
     return torch.ops.lightdeploy.nms(boxes, scores, float(iou_threshold))
 
 
-def batched_nms(
-    boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor, iou_threshold: float
-) -> torch.Tensor:
+def batched_nms(boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor, iou_threshold: float) -> torch.Tensor:
     """Class-aware NMS (torchvision.ops.batched_nms): boxes of different idxs never suppress."""
     _check_boxes(boxes, scores)
     _check_threshold(iou_threshold)
@@ -257,8 +253,7 @@ def onnx_nms_fixed(boxes, scores, iou_threshold: float, max_output: int):
 
     kept = _onnx_select(boxes, scores, const([max_output], np.int64), iou_threshold)
     num_kept = op.Shape(kept)  # [1]
-    padding = op.Concat(const([0], np.int64), op.Sub(const([max_output], np.int64), num_kept),
-                        axis=0)
+    padding = op.Concat(const([0], np.int64), op.Sub(const([max_output], np.int64), num_kept), axis=0)
     padded = op.Pad(kept, padding, const(-1, np.int64), mode="constant")
     return padded, op.Squeeze(num_kept, const([0], np.int64))
 

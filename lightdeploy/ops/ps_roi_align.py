@@ -123,8 +123,7 @@ def _bin_major_rows(input, pooled_height: int, pooled_width: int):
     return input.reshape(n, c // bins, bins, h * w).permute(0, 2, 3, 1).reshape(-1, c // bins)
 
 
-def _gather_average(rows, shape, batch_index, taps_y, taps_x, pooled_height: int,
-                    pooled_width: int):
+def _gather_average(rows, shape, batch_index, taps_y, taps_x, pooled_height: int, pooled_width: int):
     """Sum of weight_y * weight_x * value over the taps: one row gather from ``_bin_major_rows``.
 
     shape: the input's (N, C, H, W).  Gathered values are [K, ph, pw, Ty, Tx, alpha] (rank 6, the
@@ -158,9 +157,7 @@ def ps_roi_align_eager(
 ) -> torch.Tensor:
     """Vectorised over RoIs; adaptive sampling pads every RoI's grid to the largest and masks."""
     _, h, w = input.shape[1:]
-    batch_index, (start_y, bin_h), (start_x, bin_w) = _box_geometry(
-        boxes, pooled_height, pooled_width, spatial_scale
-    )
+    batch_index, (start_y, bin_h), (start_x, bin_w) = _box_geometry(boxes, pooled_height, pooled_width, spatial_scale)
     if sampling_ratio > 0:
         grid_h = grid_w = sampling_ratio
         grid_h_max = grid_w_max = sampling_ratio
@@ -210,15 +207,11 @@ def ps_roi_align_decomposition(
             f"(got {sampling_ratio}) makes the sample grid depend on the box values"
         )
     _, h, w = input.shape[1:]
-    batch_index, (start_y, bin_h), (start_x, bin_w) = _box_geometry(
-        boxes, pooled_height, pooled_width, spatial_scale
-    )
+    batch_index, (start_y, bin_h), (start_x, bin_w) = _box_geometry(boxes, pooled_height, pooled_width, spatial_scale)
     taps_y = _bilinear_taps(start_y, bin_h, pooled_height, sampling_ratio, sampling_ratio, h)
     taps_x = _bilinear_taps(start_x, bin_w, pooled_width, sampling_ratio, sampling_ratio, w)
     rows = _bin_major_rows(input, pooled_height, pooled_width)
-    return _gather_average(
-        rows, input.shape, batch_index, taps_y, taps_x, pooled_height, pooled_width
-    )
+    return _gather_average(rows, input.shape, batch_index, taps_y, taps_x, pooled_height, pooled_width)
 
 
 # ------------------------------------------------------------------------------------ custom op
@@ -231,9 +224,7 @@ def _ps_roi_align_op(
     spatial_scale: float,
     sampling_ratio: int,
 ) -> torch.Tensor:
-    return ps_roi_align_eager(
-        input, boxes, pooled_height, pooled_width, spatial_scale, sampling_ratio
-    )
+    return ps_roi_align_eager(input, boxes, pooled_height, pooled_width, spatial_scale, sampling_ratio)
 
 
 @_ps_roi_align_op.register_fake
@@ -247,9 +238,7 @@ def _boxes_to_rois(boxes) -> torch.Tensor:
     """Accept torchvision's list-of-[L, 4] form too (one tensor per image) -> [K, 5]."""
     if isinstance(boxes, torch.Tensor):
         return boxes
-    rois = [
-        torch.cat([torch.full_like(b[:, :1], float(i)), b], dim=1) for i, b in enumerate(boxes)
-    ]
+    rois = [torch.cat([torch.full_like(b[:, :1], float(i)), b], dim=1) for i, b in enumerate(boxes)]
     return torch.cat(rois, dim=0)
 
 
@@ -265,9 +254,7 @@ def ps_roi_align(
     boxes: Tensor[K, 5] (batch index, x1, y1, x2, y2) or a list of Tensor[L, 4], one per image.
     output_size: int or (height, width).  sampling_ratio <= 0 means adaptive.
     """
-    pooled_height, pooled_width = (
-        (output_size, output_size) if isinstance(output_size, int) else tuple(output_size)
-    )
+    pooled_height, pooled_width = (output_size, output_size) if isinstance(output_size, int) else tuple(output_size)
     rois = _boxes_to_rois(boxes)
     if input.dim() != 4:
         raise ValueError(f"ps_roi_align input must be [N, C, H, W], got shape {tuple(input.shape)}")
@@ -281,7 +268,11 @@ def ps_roi_align(
             f"output height * width ({pooled_height * pooled_width})"
         )
     return torch.ops.lightdeploy.ps_roi_align(
-        input, rois.to(input.dtype), pooled_height, pooled_width, float(spatial_scale),
+        input,
+        rois.to(input.dtype),
+        pooled_height,
+        pooled_width,
+        float(spatial_scale),
         int(sampling_ratio),
     )
 

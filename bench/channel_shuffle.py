@@ -4,7 +4,7 @@
 
 Prints the best-of-rounds median latency of ShuffleNetV2 1.0x at 224x224 exported with each form, and of the op
 alone on a stage-3 sized tensor.  The chosen form and these numbers are recorded in
-lightdeploy/ops/channel_shuffle.py.
+lightdeploy/ops/_channel_shuffle.py.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from lightdeploy.exporters.base import ExportJob, ExportOptions
 from lightdeploy.exporters.onnx.export import export_onnx
 from lightdeploy.factory import create_model
 from lightdeploy.models.registry import get_spec
-from lightdeploy.ops import channel_shuffle as cs
+from lightdeploy.ops import _channel_shuffle as cs
 
 RUNS, WARMUP, ROUNDS = 100, 20, 5
 

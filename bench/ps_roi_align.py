@@ -21,7 +21,7 @@ import torch
 
 import lightdeploy.ops
 from lightdeploy.bench import time_fn
-from lightdeploy.ops import ps_roi_align as psra
+from lightdeploy.ops import _ps_roi_align as psra
 
 SIZES = {
     "ThunderNet 245x20x20 K=200": dict(channels=245, map_size=20, image=320, rois=200),

@@ -8,7 +8,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from lightdeploy.ops import channel_shuffle as cs
+from lightdeploy.ops import _channel_shuffle as cs
 from lightdeploy.ops import onnx_translation_table
 
 

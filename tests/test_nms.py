@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import lightdeploy.ops
-from lightdeploy.ops import nms as nms_ops
+from lightdeploy.ops import _nms as nms_ops
 
 
 # ------------------------------------------------------------------------ slow, obvious reference

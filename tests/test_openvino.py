@@ -270,7 +270,7 @@ def _psroi_module():
     """image -> 4x-downsampled 18-channel features -> PSRoIAlign 3x3 of fixed boxes (incl. edge cases)."""
     import torch
 
-    from lightdeploy.ops.ps_roi_align import ps_roi_align
+    from lightdeploy.ops import ps_roi_align
 
     class PSRoI(torch.nn.Module):
         def __init__(self):
@@ -304,7 +304,7 @@ def test_ps_roi_align_through_openvino(variant, tmp_path, monkeypatch):
 
     from lightdeploy.exporters.base import ExportJob, ExportOptions
     from lightdeploy.exporters.onnx.export import export_onnx
-    from lightdeploy.ops import ps_roi_align as psmod
+    from lightdeploy.ops import _ps_roi_align as psmod
 
     monkeypatch.setattr(psmod, "ONNX_TRANSLATIONS", {psmod._OP: psmod.ONNX_VARIANTS[variant]})
     module = _psroi_module()

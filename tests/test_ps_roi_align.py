@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import lightdeploy.ops
-from lightdeploy.ops import ps_roi_align as psra
+from lightdeploy.ops import _ps_roi_align as psra
 
 
 # ------------------------------------------------------------------------ slow, obvious reference

@@ -62,7 +62,7 @@ def shuffle_gathers_to_op(model) -> int:
     import numpy as np
     from openvino import opset13 as ops
 
-    from lightdeploy.ops.channel_shuffle import shuffle_permutation
+    from lightdeploy.ops._channel_shuffle import shuffle_permutation
 
     count = 0
     for op in model.get_ordered_ops():

@@ -28,8 +28,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from lightdeploy.ops.nms import nms_fixed
-from lightdeploy.ops.ps_roi_align import ps_roi_align
+from lightdeploy.ops import nms_fixed, ps_roi_align
 
 STANDARD_OUTPUTS = ("boxes", "scores", "labels", "num_detections")
 # Raw head tensors, before any NMS, appended with the export option raw_heads (--raw-heads):

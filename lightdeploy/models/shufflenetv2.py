@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from lightdeploy.models.registry import ModelSpec, Reference, register_model
-from lightdeploy.ops.channel_shuffle import channel_shuffle
+from lightdeploy.ops import channel_shuffle
 
 STAGE_REPEATS = (4, 8, 4)  # docs/models.md §2: stage2/3/4 repeat 1 + 3, 1 + 7, 1 + 3
 # docs/models.md §2 table, columns 0.5x / 1x / 1.5x / 2x: conv1, stage2, stage3, stage4, conv5 channels.

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from lightdeploy.models.registry import ModelSpec, Reference, register_model
-from lightdeploy.ops.channel_shuffle import channel_shuffle
+from lightdeploy.ops import channel_shuffle
 
 KERNEL = 5  # docs/models.md §4: "All 3x3 depthwise convs are replaced by 5x5" (official k = 5 [O])
 STAGE_REPEATS = (4, 8, 4)  # docs/models.md §4 SNet table: 1 + 3, 1 + 7, 1 + 3

@@ -18,8 +18,8 @@ paper is silent:
   25 anchors per location: sizes {32, 64, 128, 256, 512} x ratios (h/w) {1/2, 3/4, 1, 4/3, 2} [S]/[O].
 - **Proposals** (official test config [O]): top 2000 (nms_pre) by objectness, decode (stds 1), clip,
   NMS 0.7, keep **200** (max_per_img at test).
-- **SAM** [P]/[O]: F_sam = F_cem * sigmoid(BN(conv1x1(F_rpn))), conv 256 -> 245 without bias; after
-  export + simplification it is exactly Conv, Sigmoid, Mul (BN folded into the Conv).
+- **SAM** [P]/[O] (``lightdeploy.ops.SAM``): F_sam = F_cem * sigmoid(BN(conv1x1(F_rpn))), conv 256 -> 245 without
+  bias; after export + simplification it is exactly Conv, Sigmoid, Mul (BN folded into the Conv).
 - **PSRoIAlign** [O]: alpha = 5, p = 7, sampling ratio 2, spatial scale 1/16 -> 5x7x7 = 245 per RoI.
 - **R-CNN subnet**: **one 1024-d fc** (+ReLU) as the paper's caption draws it [P], then the class
   (C + 1, 0 = background) and class-wise box (4C) layers.  The official 2022 mmdet config uses
@@ -42,6 +42,7 @@ from lightdeploy.models import _detection as det
 from lightdeploy.models.labels import COCO
 from lightdeploy.models.registry import ModelSpec, register_alias, register_model
 from lightdeploy.models.snet import KERNEL, SNet
+from lightdeploy.ops import SAM
 
 ALPHA, POOLED = 5, 7  # docs/models.md §4 PSRoIAlign: alpha = 5, p = 7 -> 245 channels
 CEM_CHANNELS = ALPHA * POOLED * POOLED  # 245
@@ -90,18 +91,6 @@ class CompressedRPN(nn.Module):
         return f_rpn, self.cls(f_rpn), self.reg(f_rpn)
 
 
-class SAM(nn.Module):
-    """Spatial Attention Module: F_cem * sigmoid(BN(conv1x1(F_rpn)))."""
-
-    def __init__(self, rpn_channels: int = RPN_CHANNELS, out_channels: int = CEM_CHANNELS):
-        super().__init__()
-        self.conv = nn.Conv2d(rpn_channels, out_channels, 1, bias=False)
-        self.bn = nn.BatchNorm2d(out_channels)
-
-    def forward(self, f_cem: torch.Tensor, f_rpn: torch.Tensor) -> torch.Tensor:
-        return f_cem * torch.sigmoid(self.bn(self.conv(f_rpn)))
-
-
 class RCNNHead(nn.Module):
     """PSRoIAlign output [R, 5, 7, 7] -> flatten 245 -> fc 1024 (ReLU) [x fcs] -> class / box layers."""
 
@@ -145,7 +134,7 @@ class ThunderNet(det.TwoStageDetector):
         self.anchor_sizes, self.anchor_ratios = ANCHOR_SIZES, ANCHOR_RATIOS
         self.rpn_stride, self.roi_scale, self.pooled = RPN_STRIDE, 1.0 / RPN_STRIDE, POOLED
         self.rpn = CompressedRPN(num_anchors=len(ANCHOR_SIZES) * len(ANCHOR_RATIOS))
-        self.sam = SAM()
+        self.sam = SAM(RPN_CHANNELS, CEM_CHANNELS)  # F_sam = F_cem * sigmoid(BN(conv1x1(F_rpn)))
         self.head = RCNNHead(num_classes, fcs=rcnn_fcs)
         # official test config [O]: nms_pre 2000, NMS 0.7, max_per_img 200; R-CNN: 0.05, 0.5, 100
         self.proposals = det.ProposalLayer(pre_nms_top_n, post_nms_top_n, 0.7)

@@ -1,28 +1,42 @@
-"""Custom ops: one file per op, each with its eager form, fake form, ONNX translation and schema.
+"""The custom ops and blocks of lightdeploy's models, public for your own models.
 
-Each op module may define:
-- ``ONNX_TRANSLATIONS``: {op overload: onnxscript-traceable function} used by the ONNX exporter;
-- ``DECOMPOSITIONS``: {op overload: plain torch function} used by converters without custom ops.
-The tables below are collected from every module here, so a new op plugs in without touching the
-exporters.
+A model that calls these exports to every backend with the same lowerings as the zoo's models:
+
+- ``channel_shuffle(x, groups)``: ShuffleNet's channel interleave (ONNX: one channel Gather).
+- ``ps_roi_align(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1)``: position-sensitive
+  RoIAlign, ``torchvision.ops.ps_roi_align``'s signature and semantics (ONNX: one RoiAlign; TFLite:
+  a gather, which needs a fixed ``sampling_ratio > 0``).
+- ``nms(boxes, scores, iou_threshold)`` and ``batched_nms(boxes, scores, idxs, iou_threshold)``:
+  ``torchvision.ops``' greedy NMS (ONNX NonMaxSuppression; a variable-size output, so not TFLite).
+- ``nms_fixed(boxes, scores, iou_threshold, max_output) -> (keep [max_output] padded with -1, num_kept)``:
+  the same NMS with static shapes, what a detector needs to reach every backend (TFLite included).
+- ``SAM(rpn_channels, out_channels)``: ThunderNet's spatial attention module (plain modules).
+
+Each op is one private module here: its eager form (``torch.library.custom_op``), fake form, ONNX
+translation(s) and a plain-tensor decomposition for converters without custom ops, with its schema
+as the module docstring (docs/design.md#custom-ops).  The tables below collect ``ONNX_TRANSLATIONS``
+({op overload: onnxscript function}) and ``DECOMPOSITIONS`` ({op overload: plain torch function}) from
+every module in ``OP_MODULES``; the exporters read only these tables.
 """
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
+from lightdeploy.ops import _channel_shuffle, _nms, _ps_roi_align
+from lightdeploy.ops._channel_shuffle import channel_shuffle
+from lightdeploy.ops._nms import batched_nms, nms, nms_fixed
+from lightdeploy.ops._ps_roi_align import ps_roi_align
+from lightdeploy.ops._sam import SAM
 
+__all__ = ["channel_shuffle", "ps_roi_align", "nms", "batched_nms", "nms_fixed", "SAM"]
 
-def _op_modules():
-    for info in pkgutil.iter_modules(__path__):
-        if not info.name.startswith("_"):
-            yield importlib.import_module(f"{__name__}.{info.name}")
+# The modules that define custom ops (SAM is plain modules: nothing to translate).
+OP_MODULES = (_channel_shuffle, _nms, _ps_roi_align)
 
 
 def onnx_translation_table() -> dict:
     """{op overload: ONNX translation} for ``torch.onnx.export(custom_translation_table=...)``."""
     table: dict = {}
-    for module in _op_modules():
+    for module in OP_MODULES:
         table.update(getattr(module, "ONNX_TRANSLATIONS", {}))
     return table
 
@@ -30,6 +44,6 @@ def onnx_translation_table() -> dict:
 def decomposition_table() -> dict:
     """{op overload: plain-tensor function} for converters that take only builtin ops."""
     table: dict = {}
-    for module in _op_modules():
+    for module in OP_MODULES:
         table.update(getattr(module, "DECOMPOSITIONS", {}))
     return table

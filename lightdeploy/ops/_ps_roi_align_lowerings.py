@@ -1,4 +1,4 @@
-"""ONNX lowerings of ``lightdeploy::ps_roi_align`` (see ps_roi_align.py for semantics and timings).
+"""ONNX lowerings of ``lightdeploy::ps_roi_align`` (see _ps_roi_align.py for semantics and timings).
 
 Each function is onnxscript-traceable: it receives ``onnxscript.ir`` Values for ``input``
 [N, C, H, W] and ``boxes`` [K, 5] (K and N may be symbolic; C, H, W must be static) plus the op's

@@ -34,14 +34,23 @@ def channel_shuffle_reference(x: torch.Tensor, groups: int) -> torch.Tensor:
 
 
 @torch.library.custom_op(OP_NAME, mutates_args=())
-def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
+def _channel_shuffle_op(x: torch.Tensor, groups: int) -> torch.Tensor:
     return channel_shuffle_reference(x, groups)
 
 
-@channel_shuffle.register_fake
+@_channel_shuffle_op.register_fake
 def _channel_shuffle_fake(x: torch.Tensor, groups: int) -> torch.Tensor:
     torch._check(x.shape[1] % groups == 0)
     return torch.empty_like(x)
+
+
+def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """Interleave the channels of ``groups`` groups (ShuffleNet): x [N, C, H, W], C % groups == 0."""
+    if x.dim() != 4:
+        raise ValueError(f"channel_shuffle takes [N, C, H, W], got shape {tuple(x.shape)}")
+    if groups < 1 or x.shape[1] % groups:
+        raise ValueError(f"channel_shuffle needs channels ({x.shape[1]}) divisible by groups ({groups})")
+    return torch.ops.lightdeploy.channel_shuffle(x, int(groups))
 
 
 # ---------------------------------------------------------------------------------- ONNX translations

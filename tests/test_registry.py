@@ -38,10 +38,31 @@ def test_unknown_name_suggests_closest():
     assert "'mobilenetv2'" in str(exc.value) and "Did you mean" in str(exc.value)
 
 
-def test_duplicate_registration_is_refused():
-    spec = get_spec("snet49")
-    with pytest.raises(ValueError, match="registered twice"):
-        register_model(ModelSpec(**spec.__dict__))
+def test_registering_again_with_the_same_builder_is_harmless(monkeypatch):
+    """A notebook re-runs the cell that defines and registers a builder: same name, a new function
+    object with the same module and qualified name.  It replaces the spec; a different builder under a
+    taken name is refused."""
+    from lightdeploy.models import registry
+
+    list_models()  # the zoo is loaded; the test's names go into a copy that is dropped afterwards
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+
+    def define_and_register(stride):
+        def tiny_builder(num_classes=3):  # defined anew on every call, like a re-run cell
+            return torch.nn.Linear(4, num_classes)
+
+        spec = ModelSpec("test_rerun_cell", "test", "classify", tiny_builder, (32, 32), stride, 3, ("logits",))
+        return register_model(spec)
+
+    first = define_and_register(stride=32)
+    second = define_and_register(stride=16)
+    assert first.builder is not second.builder and get_spec("test_rerun_cell").stride == 16
+    snet = get_spec("snet49")
+    with pytest.raises(ValueError, match="registered twice.*snet"):
+        register_model(ModelSpec(**{**snet.__dict__, "name": "test_rerun_cell"}))
+    assert get_spec("test_rerun_cell").stride == 16
+    register_model(ModelSpec(**snet.__dict__))  # the zoo's own builder again: harmless too
+    assert get_spec("snet49") == snet
 
 
 def test_input_size_must_be_multiple_of_stride():

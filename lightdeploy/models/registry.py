@@ -1,17 +1,25 @@
 """The model registry: one ``ModelSpec`` per name, filled by the family files as they are imported.
 
-A family file registers its variants with ``register_model``; names are unique (a second
-registration of a name is a programming error) and an unknown name is a user error that suggests
-the closest names, as torchvision's and timm's registries do.
+A family file registers its variants with ``register_model``; an unknown name is a user error that
+suggests the closest names, as torchvision's and timm's registries do.  Names are unique: registering
+a name again with the same builder replaces the spec (a notebook cell run twice), with another
+builder it is a programming error.
+
+Other packages add families through the entry-point group ``lightdeploy.models`` (``PLUGIN_GROUP``):
+an entry point names a module that registers its models when imported (``mypkg.models``), or a
+function that registers them when called (``mypkg.models:register``).  They are loaded with the
+built-in families, on the registry's first use, so their models appear in ``lightdeploy list``, the
+CLI and every test parametrised over the registry.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from lightdeploy.errors import UsageError, unknown_name_error
+from lightdeploy.errors import MissingDependencyError, UsageError, unknown_name_error
 
 # ImageNet statistics in RGB order: every model here is trained on RGB in [0, 1], normalised so.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -79,11 +87,23 @@ _REGISTRY: dict[str, ModelSpec] = {}
 
 
 def register_model(spec: ModelSpec) -> ModelSpec:
-    """Add a spec; a duplicate name is a bug in a family file, so it raises at import time."""
-    if spec.name in _REGISTRY:
-        raise ValueError(f"model name {spec.name!r} is registered twice")
+    """Add ``spec``.  The same name with the same builder replaces the earlier spec (harmless: a notebook
+    cell or a module run twice); with a different builder it raises, since two families claim one name."""
+    existing = _REGISTRY.get(spec.name)
+    if existing is not None and builder_id(existing.builder) != builder_id(spec.builder):
+        raise ValueError(
+            f"model name {spec.name!r} is registered twice: by {builder_id(existing.builder)} and by "
+            f"{builder_id(spec.builder)}; give one of them another name"
+        )
     _REGISTRY[spec.name] = spec
     return spec
+
+
+def builder_id(builder) -> str:
+    """'module:qualified name' of a builder: a function defined again by re-running its code keeps it."""
+    module = getattr(builder, "__module__", None)
+    name = getattr(builder, "__qualname__", None)
+    return f"{module}:{name}" if module and name else repr(builder)
 
 
 def register_alias(alias: str, target: str, description: str = "") -> ModelSpec:
@@ -116,6 +136,7 @@ def list_models(task: str | None = None) -> list[str]:
 # detectors, segmenters.  Each registers its models when imported; the registry imports them by name
 # on first use, so importing the registry (or one family) loads nothing else.
 BUILTIN_FAMILIES = ("mobilenetv2", "shufflenetv2", "snet", "thundernet", "lighthead_rcnn", "bisenet", "dfanet")
+PLUGIN_GROUP = "lightdeploy.models"
 _families_loaded = False
 
 
@@ -123,6 +144,28 @@ def _ensure_families_loaded() -> None:
     global _families_loaded
     if _families_loaded:
         return
+    # Set first: a plugin that calls get_spec while it registers must not start loading again.
     _families_loaded = True
-    for family in BUILTIN_FAMILIES:
-        importlib.import_module(f"{__package__}.{family}")
+    try:
+        for family in BUILTIN_FAMILIES:
+            importlib.import_module(f"{__package__}.{family}")
+        for entry_point in importlib.metadata.entry_points(group=PLUGIN_GROUP):
+            _load_plugin(entry_point)
+    except BaseException:
+        _families_loaded = False  # the next call tries again (and reports the same error)
+        raise
+
+
+def _load_plugin(entry_point) -> None:
+    """Import a ``lightdeploy.models`` entry point; a function it names is called to register."""
+    package = entry_point.dist.name if entry_point.dist is not None else "?"
+    try:
+        target = entry_point.load()
+        if callable(target):
+            target()
+    except Exception as exc:  # noqa: BLE001 - any failure of third-party code is reported as one
+        raise MissingDependencyError(
+            f"The lightdeploy plugin {entry_point.name!r} (entry point {entry_point.value!r} of the package "
+            f"{package!r}) failed to load: {type(exc).__name__}: {exc}. Fix that package or uninstall it "
+            f"(pip uninstall {package})."
+        ) from exc

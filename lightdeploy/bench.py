@@ -55,7 +55,7 @@ def bench(
     """``subjects``: model names and/or artifact folders.  Eager is timed once per model."""
     import torch
 
-    from lightdeploy.factory import create_model
+    from lightdeploy.factory import create_model, eager_from_manifest
     from lightdeploy.models.registry import get_spec
     from lightdeploy.runtimes import open_runtime
     from lightdeploy.runtimes.manifest import read_manifest
@@ -64,12 +64,12 @@ def bench(
     rows: list[BenchRow] = []
     eager_ms: dict[tuple, float] = {}
 
-    def eager_row(name: str, size: tuple[int, int], batch: int, model=None) -> None:
+    def eager_row(name: str, size: tuple[int, int], batch: int, build=None) -> None:
         key = (name, size, batch)
         if key in eager_ms:
             return
         progress(f"timing eager {name}")
-        model = model or create_model(name, input_size=size, calibrate_bn=False)
+        model = build() if build else create_model(name, input_size=size, calibrate_bn=False)
         x = torch.randn(batch, 3, *size)
         with torch.inference_mode():
             med, p90 = time_fn(lambda: model(x), warmup, runs)
@@ -82,7 +82,10 @@ def bench(
             manifest = read_manifest(path)
             size = tuple(manifest["preprocessing"]["size"])
             shape = concrete_shape(manifest)
-            eager_row(manifest["model"], size, shape[0])
+            # eager as exported (your own models from their recorded factory); timing needs no BN values
+            eager_row(
+                manifest["model"], size, shape[0], functools.partial(eager_from_manifest, manifest, calibrate_bn=False)
+            )
             progress(f"timing {path.name}")
             runtime = open_runtime(path, manifest, threads=threads)
             feed = {manifest["inputs"][0]["name"]: np.random.default_rng(0).standard_normal(shape).astype(np.float32)}

@@ -98,7 +98,12 @@ def info(target: str = typer.Argument(..., metavar="MODEL|ARTIFACT_DIR")):
 @app.command()
 @_handle_errors
 def export(
-    model: str = typer.Argument(..., help="A registered model name (see `lightdeploy list`)."),
+    model: str = typer.Argument(
+        ...,
+        metavar="MODEL|FACTORY",
+        help="A registered model name (see `lightdeploy list`), or your own model's factory: "
+        "pkg.module:function or path/to/file.py:function (it returns an nn.Module; give --task and --input-size).",
+    ),
     to: list[str] = typer.Option(..., "--to", help="Target(s): repeat --to for several."),
     fp16: bool = typer.Option(False, "--fp16", help="FP16 weights/compute where the target offers it."),
     int8: bool = typer.Option(False, "--int8", help="INT8 post-training quantisation."),
@@ -110,7 +115,14 @@ def export(
     weights: Path | None = typer.Option(
         None, "--weights", help="State dict (.pt/.pth, loaded weights_only) or .safetensors."
     ),
+    weights_key: str | None = typer.Option(
+        None, "--weights-key", help="The checkpoint entry that holds the state dict (e.g. state_dict_ema)."
+    ),
     num_classes: int | None = typer.Option(None, "--num-classes"),
+    task: str | None = typer.Option(None, "--task", help="Your own model's task: classify, detect or segment."),
+    name: str | None = typer.Option(None, "--name", help="Your own model's artifact name (default: the factory's)."),
+    mean: tuple[float, float, float] | None = typer.Option(None, "--mean", help="Your own model's RGB mean on [0, 1]."),
+    std: tuple[float, float, float] | None = typer.Option(None, "--std", help="Your own model's RGB std on [0, 1]."),
     opset: int = typer.Option(18, "--opset"),
     nhwc: bool = typer.Option(False, "--nhwc", help="NHWC input layout (TFLite)."),
     raw_heads: bool = typer.Option(
@@ -121,9 +133,8 @@ def export(
     images: Path | None = typer.Option(None, "--images", help="Folder of images for the parity gate."),
     quiet: bool = typer.Option(False, "--quiet"),
 ):
-    """Export MODEL to each --to target, then run the parity gate against eager PyTorch."""
-    from lightdeploy.exporters import get_exporter
-    from lightdeploy.models.registry import get_spec
+    """Export MODEL (or your own model's FACTORY) to each --to target, then run the parity gate against eager."""
+    from lightdeploy.pipeline import check_request
     from lightdeploy.pipeline import export as run_export
 
     if fp16 and int8:
@@ -131,23 +142,24 @@ def export(
     if calib and not int8:
         raise UsageError("--calib is for --int8 only.")
     precision = "int8" if int8 else "fp16" if fp16 else "fp32"
-    get_spec(model)
-    for target in to:  # validate every target before doing any work
-        get_exporter(target)
+    check_request(to, precision)  # every target and the precision, before any work
+    subject = _subject(model, task, input_size, name, mean, std, num_classes, weights, weights_key, _progress(quiet))
+    own = not isinstance(subject, str)  # your own model comes with its weights and class count
     extra = {"raw_heads": True} if raw_heads else {}
     failed = False
     for target in to:
         try:
             outcome = run_export(
-                model,
+                subject,
                 target,
                 precision=precision,
                 input_size=input_size,
                 batch=batch,
                 dynamic_batch=dynamic_batch,
                 dynamic_size=dynamic_size,
-                weights=weights,
-                num_classes=num_classes,
+                weights=None if own else weights,
+                weights_key=None if own else weights_key,
+                num_classes=None if own else num_classes,
                 opset=opset,
                 calib_dir=str(calib) if calib else None,
                 nhwc=nhwc,
@@ -166,6 +178,40 @@ def export(
         _print_outcome(outcome, quiet)
     if failed:
         raise typer.Exit(1)
+
+
+def _subject(model, task, input_size, name, mean, std, num_classes, weights, weights_key, progress):
+    """A registered name as it is; a factory reference built and checked (``usermodel.from_factory``)."""
+    from lightdeploy.references import is_reference
+
+    if not is_reference(model):
+        from lightdeploy.models.registry import get_spec
+
+        given = [
+            flag for flag, value in (("--task", task), ("--name", name), ("--mean", mean), ("--std", std)) if value
+        ]
+        if given:
+            raise UsageError(f"{', '.join(given)} describe your own model's factory; {model!r} is a registered model.")
+        get_spec(model)
+        return model
+    from lightdeploy.usermodel import from_factory
+
+    if task is None or input_size is None:
+        raise UsageError(
+            f"{model!r} is a factory: give its task and input size, e.g. --task classify --input-size 224 224."
+        )
+    preprocess = {k: v for k, v in (("mean", mean), ("std", std)) if v is not None}
+    progress(f"building {model}")
+    return from_factory(
+        model,
+        task=task,
+        input_size=input_size,
+        name=name,
+        num_classes=num_classes,
+        weights=weights,
+        weights_key=weights_key,
+        preprocess=preprocess,
+    )
 
 
 def _print_outcome(outcome, quiet: bool) -> None:

@@ -33,6 +33,7 @@ def create_model(
     input_size: tuple[int, int] | None = None,
     seed: int = DEFAULT_SEED,
     calibrate_bn: bool = True,
+    weights_key: str | None = None,
 ) -> nn.Module:
     """Build ``name`` in eval mode.
 
@@ -40,6 +41,8 @@ def create_model(
     False, its BN shifts are set to ``RANDOM_BN_SHIFT`` and its BN running statistics re-estimated on
     the sample photographs, so activations have real ranges and rounding noise is not amplified
     through depth (docs/design.md#parity).  The same name, options and seed give the same model.
+    ``weights_key``: the checkpoint entry holding the state dict, when the file holds several.
+    The caller's torch RNG is left as it was (the seed applies to this build only).
     """
     spec = get_spec(name)
     size = spec.check_input_size(input_size or spec.input_size)
@@ -47,12 +50,13 @@ def create_model(
         from lightdeploy.errors import UsageError
 
         raise UsageError(f"--num-classes must be at least 1; got {num_classes}.")
-    torch.manual_seed(seed)
-    model = build(spec, num_classes or spec.num_classes, size)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = build(spec, num_classes or spec.num_classes, size)
     if weights is not None:
         from lightdeploy.weights import load_weights
 
-        load_weights(model, weights, name)
+        load_weights(model, weights, name, weights_key)
     elif calibrate_bn:
         key = (spec.name, num_classes or spec.num_classes, size, seed)
         cached = _CALIBRATED.get(key)
@@ -116,30 +120,38 @@ def reestimate_bn(model: nn.Module, spec: ModelSpec, input_size: tuple[int, int]
     model.eval()
 
 
-def eager_from_manifest(manifest: dict) -> nn.Module:
-    """Rebuild the eager model an artifact was exported from (``lightdeploy parity DIR``, bench)."""
-    from lightdeploy.errors import UsageError
-    from lightdeploy.runtimes.manifest import sha256
+def eager_from_manifest(manifest: dict, *, calibrate_bn: bool = True) -> nn.Module:
+    """Rebuild the eager model an artifact was exported from (``lightdeploy parity DIR``, bench), as it
+    was exported: a registered model by name, your own model from its recorded factory
+    (``usermodel.rebuild``).  ``calibrate_bn=False`` skips BN re-estimation (timing needs no values)."""
+    from lightdeploy.weights import weights_from_entry
 
     src = manifest["source"]
-    weights = src.get("weights")
-    path = None
-    if weights:
-        path = Path(weights["path"])
-        if not path.is_file():
-            raise UsageError(
-                f"The artifact was exported from weights {str(path)!r}, which no longer exist; parity needs "
-                "them to rebuild the eager model. Put the file back or re-export."
-            )
-        if sha256(path) != weights["sha256"]:
-            raise UsageError(f"Weights {str(path)!r} changed since export (sha256 differs); re-export the artifact.")
+    if src.get("kind", "registry") != "registry":
+        from lightdeploy.usermodel import rebuild
+
+        return rebuild(src)
+    path, key = weights_from_entry(src["weights"]) if src.get("weights") else (None, None)
     model = create_model(
         src["model"],
         num_classes=src["num_classes"],
         weights=path,
+        weights_key=key,
         input_size=tuple(src["input_size"]),
         seed=src.get("seed") or 0,
+        calibrate_bn=calibrate_bn,
     )
+    return as_exported(model, manifest)
+
+
+def as_exported(model: nn.Module, manifest: dict) -> nn.Module:
+    """``model`` wrapped as the export wrapped it: a registered model's export wrapper (e.g. raw heads),
+    or your own model's dict outputs as a tuple."""
+    src = manifest["source"]
+    if src.get("kind", "registry") != "registry":
+        from lightdeploy.usermodel import wrap_outputs
+
+        return wrap_outputs(model, src)
     spec = get_spec(src["model"])
     extra = manifest.get("export_options", {}).get("extra", {})
     return spec.export_wrapper(model, extra) if spec.export_wrapper else model

@@ -1,7 +1,8 @@
-"""From a registered model to an export job, and from an export result to the artifact's manifest.
+"""From a model to an export job, and from an export result to the artifact's manifest.
 
 One place builds the ``ExportJob`` (the export wrapper, the output names) for every caller: the
-export pipeline, ``lightdeploy check`` and the benchmarks.
+export pipeline, ``lightdeploy check`` and the benchmarks; registered models and your own models
+(``usermodel.UserModel``, whose spec is not registered) take the same path.
 """
 
 from __future__ import annotations
@@ -34,16 +35,35 @@ def make_job(spec: ModelSpec, model: nn.Module, options: ExportOptions) -> Expor
     return ExportJob(model=deployable, spec=spec, options=options, output_names=output_names(spec, options))
 
 
-def manifest_for(
-    job: ExportJob, result: ExportResult, *, num_classes: int | None, weights: str | Path | None, seed: int
+def registry_source(
+    spec: ModelSpec,
+    *,
+    num_classes: int | None,
+    input_size: tuple[int, int],
+    weights: str | Path | None,
+    weights_key: str | None = None,
+    seed: int,
 ) -> dict:
-    """The manifest of an artifact (docs/design.md#artifact), before file hashes and parity are added."""
-    from lightdeploy.runtimes.manifest import sha256
+    """The manifest's ``source`` of a registered model: what ``eager_from_manifest`` rebuilds it from.
+    (Your own models' source comes from ``usermodel``: their factory, class and state-dict hash.)"""
+    from lightdeploy.weights import weights_entry
 
+    return {
+        "kind": "registry",
+        "model": spec.name,
+        "num_classes": num_classes or spec.num_classes,
+        "input_size": list(input_size),
+        "weights": weights_entry(weights, weights_key) if weights is not None else None,
+        "seed": seed if weights is None else None,
+        "bn_statistics": "user weights" if weights else "re-estimated on the sample photographs",
+    }
+
+
+def manifest_for(job: ExportJob, result: ExportResult, *, source: dict, num_classes: int | None = None) -> dict:
+    """The manifest of an artifact (docs/design.md#artifact), before file hashes and parity are added.
+
+    ``source``: where the eager model came from (``registry_source``, or ``UserModel.source``)."""
     spec, options = job.spec, job.options
-    weights_entry = None
-    if weights is not None:
-        weights_entry = {"path": str(Path(weights).resolve()), "sha256": sha256(Path(weights))}
     classes = num_classes or spec.num_classes
     pre = job.preprocessing()
     pre["size_multiple"] = spec.stride
@@ -62,14 +82,7 @@ def manifest_for(
         "inputs": result.inputs,
         "outputs": result.outputs,
         "preprocessing": pre,
-        "source": {
-            "model": spec.name,
-            "num_classes": classes,
-            "input_size": list(options.input_size),
-            "weights": weights_entry,
-            "seed": seed if weights is None else None,
-            "bn_statistics": "user weights" if weights else "re-estimated on the sample photographs",
-        },
+        "source": source,
         "export_options": options.as_dict(),
         "versions": {"python": platform.python_version(), **installed_versions()},
         "backend_info": result.info,

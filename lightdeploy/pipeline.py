@@ -1,12 +1,14 @@
 """The export pipeline: eager model -> exporter -> manifest -> parity gate -> artifact in place.
 
-``export`` is what ``lightdeploy export`` runs and what the Python API offers; ``parity`` re-runs the
+``export`` is what ``lightdeploy export`` runs, for a registered model or your own (``UserModel``);
+``export_module`` is the Python API for your own models, on the same path; ``parity`` re-runs the
 gate on an artifact (``lightdeploy parity DIR``).  Validation happens before any work; the artifact
 is built in a temporary folder and renamed into place (docs/design.md#artifact).
 """
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,7 +17,8 @@ from pathlib import Path
 from lightdeploy.errors import ParityError, UsageError
 from lightdeploy.exporters import exporter_for_backend, get_exporter
 from lightdeploy.exporters.base import PRECISIONS, ExportOptions, ExportResult
-from lightdeploy.jobs import make_job, manifest_for
+from lightdeploy.jobs import make_job, manifest_for, registry_source
+from lightdeploy.usermodel import UserModel
 
 DEFAULT_OUT = Path("artifacts")
 
@@ -31,8 +34,21 @@ def artifact_name(model: str, target: str, precision: str) -> str:
     return f"{model}-{target}-{precision}"
 
 
+def check_request(targets: list[str], precision: str) -> None:
+    """Every target exists and offers ``precision``: checked for all targets before any is exported."""
+    if precision not in PRECISIONS:
+        raise UsageError(f"Unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}.")
+    for target in targets:
+        exporter = get_exporter(target)
+        if precision not in exporter.precisions:
+            raise UsageError(
+                f"Target {target!r} exports {', '.join(exporter.precisions)} only; {precision} is not offered. "
+                "Choose another target for that precision."
+            )
+
+
 def export(
-    model_name: str,
+    model: str | UserModel,
     target: str,
     *,
     precision: str = "fp32",
@@ -41,6 +57,7 @@ def export(
     dynamic_batch: bool = False,
     dynamic_size: bool = False,
     weights: str | Path | None = None,
+    weights_key: str | None = None,
     num_classes: int | None = None,
     opset: int = 18,
     calib_dir: str | None = None,
@@ -51,32 +68,36 @@ def export(
     extra: dict | None = None,
     progress: Callable[[str], None] = lambda msg: None,
 ) -> ExportOutcome:
-    """Export one model to one target and gate it; raise ParityError (artifact kept) on a mismatch."""
+    """Export one model to one target and gate it; raise ParityError (artifact kept) on a mismatch.
+
+    ``model``: a registered name (built by ``create_model`` with ``weights`` / ``num_classes``), or your
+    own model checked by ``usermodel`` (``export_module``, ``lightdeploy export pkg.module:factory``),
+    which comes with its weights and class count.
+    """
     from lightdeploy.artifact import check_writable, commit, staging_folder, write_manifest
     from lightdeploy.factory import DEFAULT_SEED, create_model
     from lightdeploy.models.registry import get_spec
 
-    spec = get_spec(model_name)
+    user = model if isinstance(model, UserModel) else None
+    spec = user.spec if user else get_spec(model)
+    check_request([target], precision)
     exporter = get_exporter(target)
-    if precision not in PRECISIONS:
-        raise UsageError(f"Unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}.")
-    if precision not in exporter.precisions:
-        raise UsageError(
-            f"Target {target!r} exports {', '.join(exporter.precisions)} only; {precision} is not offered. "
-            "Choose another target for that precision."
-        )
+    if user and (weights is not None or num_classes is not None):
+        raise UsageError("weights and num_classes of your own model are given when it is built (usermodel).")
+    if user and input_size is not None and tuple(input_size) != spec.input_size:
+        raise UsageError(f"{spec.name} was checked at {spec.input_size}; build it again for another input size.")
     if batch < 1:
         raise UsageError(f"--batch must be at least 1; got {batch}.")
     if dynamic_batch and spec.task == "detect":
         # The detectors loop over the batch in Python (per-image NMS), so the traced graph has the
         # batch it was exported with; the symbolic-dims check would only say "fixed" without why.
         raise UsageError(
-            f"{model_name} exports with a static batch (its per-image NMS is unrolled over "
+            f"{spec.name} exports with a static batch (its per-image NMS is unrolled over "
             "the batch); use --batch N instead of --dynamic-batch."
         )
     size = spec.check_input_size(input_size or spec.input_size)
     out = Path(out)
-    final = out / artifact_name(model_name, target, precision)
+    final = out / artifact_name(spec.name, target, precision)
     check_writable(out)
     images = None
     if images_dir:
@@ -84,8 +105,14 @@ def export(
 
         images = images_from_dir(images_dir)
 
-    progress(f"building {model_name}")
-    model = create_model(model_name, num_classes=num_classes, weights=weights, input_size=size)
+    progress(f"building {spec.name}")
+    if user:
+        eager, source = user.deployable(), user.source
+    else:
+        eager = create_model(model, num_classes=num_classes, weights=weights, weights_key=weights_key, input_size=size)
+        source = registry_source(
+            spec, num_classes=num_classes, input_size=size, weights=weights, weights_key=weights_key, seed=DEFAULT_SEED
+        )
     options = ExportOptions(
         target=target,
         precision=precision,
@@ -98,15 +125,13 @@ def export(
         nhwc=nhwc,
         extra=dict(extra or {}),
     )
-    job = make_job(spec, model, options)
+    job = make_job(spec, eager, options)
 
     with staging_folder(final) as tmp:
         progress(f"exporting to {target} ({precision})")
         result = exporter.export(job, tmp)
         result.info["notes"] = [n.replace("{artifact}", str(final)) for n in result.info.get("notes", [])]
-        manifest = write_manifest(
-            tmp, manifest_for(job, result, num_classes=num_classes, weights=weights, seed=DEFAULT_SEED)
-        )
+        manifest = write_manifest(tmp, manifest_for(job, result, source=source, num_classes=num_classes))
         report = None
         if parity:
             progress("running the parity gate")
@@ -117,6 +142,103 @@ def export(
     if report is not None and not report.passed:
         raise ParityError(report.summary() + f". The artifact is kept at {final} for inspection.")
     return ExportOutcome(final, manifest, report)
+
+
+def export_module(
+    module,
+    *,
+    task: str,
+    input_size: tuple[int, int],
+    name: str | None = None,
+    class_names=None,
+    preprocess: dict | None = None,
+    outputs=None,
+    targets=("onnx",),
+    precision: str = "fp32",
+    calib: str | Path | None = None,
+    out: str | Path = DEFAULT_OUT,
+    num_classes: int | None = None,
+    weights: str | Path | None = None,
+    weights_key: str | None = None,
+    size_multiple: int = 1,
+    **options,
+) -> list[ExportOutcome]:
+    """Export your own model to each of ``targets``: the same pipeline and gate as ``lightdeploy export``.
+
+    ``module``: an ``nn.Module``, exported as it is (an eval-mode copy; the module, the global RNGs and
+    every ``training`` flag are left as they were), or a factory that returns one: a function, or its
+    reference ``"pkg.module:fn"`` / ``"path/to/file.py:fn"``, which the manifest records so that
+    ``lightdeploy parity DIR`` can build the model again.  ``num_classes`` and ``weights`` (with
+    ``weights_key``) apply to factories, as on the command line.
+
+    ``task``: classify, detect or segment; the model's outputs must meet its contract
+    (``lightdeploy.usermodel``).  ``name``: the artifact's name (default: the factory's).
+    ``class_names``: one per class.  ``preprocess``: ``{"mean": (r, g, b), "std": (r, g, b)}`` on
+    [0, 1] RGB values (default ImageNet's; channel order RGB).  ``outputs``: the output names, when the
+    model returns more than its task's.  ``size_multiple``: H and W must be multiples of it.
+    ``options``: the rest of ``export``'s (batch, dynamic_size, opset, nhwc, parity, images_dir, ...).
+
+    Every target is exported; if any artifact fails its gate, ParityError names them all afterwards
+    (the artifacts are kept for inspection).
+    """
+    from torch import nn
+
+    from lightdeploy.usermodel import from_factory, from_module
+
+    targets = [targets] if isinstance(targets, str) else list(targets)
+    if not targets:
+        raise UsageError("targets is empty: give at least one, e.g. targets=('onnx',).")
+    check_request(targets, precision)
+    describe = {"class_names": class_names, "preprocess": preprocess, "outputs": outputs}
+    describe["size_multiple"] = size_multiple
+    outcomes, failures = [], []
+    with _untouched_global_state():
+        if isinstance(module, nn.Module):
+            if weights is not None or num_classes is not None:
+                raise UsageError(
+                    "num_classes and weights are for factories; load your weights into the module before export."
+                )
+            if name is None:
+                raise UsageError("export_module(module, ...) needs name=: the artifacts are named after it.")
+            user = from_module(module, task=task, input_size=input_size, name=name, **describe)
+        else:
+            user = from_factory(
+                module,
+                task=task,
+                input_size=input_size,
+                name=name,
+                num_classes=num_classes,
+                weights=weights,
+                weights_key=weights_key,
+                **describe,
+            )
+        for target in targets:
+            try:
+                calib_dir = str(calib) if calib else None
+                outcomes.append(export(user, target, precision=precision, calib_dir=calib_dir, out=out, **options))
+            except ParityError as exc:
+                failures.append(str(exc))
+    if failures:
+        raise ParityError("\n".join(failures))
+    return outcomes
+
+
+@contextlib.contextmanager
+def _untouched_global_state():
+    """Restore the global RNGs (torch, numpy's, Python's) afterwards: exporters, converters and
+    calibrators may draw from them, and exporting must not change what the caller's code draws next."""
+    import random
+
+    import numpy as np
+    import torch
+
+    states = torch.get_rng_state(), np.random.get_state(), random.getstate()
+    try:
+        yield
+    finally:
+        torch.set_rng_state(states[0])
+        np.random.set_state(states[1])
+        random.setstate(states[2])
 
 
 def gate(

@@ -1,8 +1,11 @@
 """Loading user-supplied weights safely.
 
 Weights files are untrusted input: ``.safetensors`` files are read with safetensors, everything else
-with ``torch.load(weights_only=True)``, which refuses pickled code.  torchvision checkpoints of
-mobilenet_v2 and shufflenet_v2_x* load as they are: those families use torchvision's module names.
+with ``torch.load(weights_only=True)``, which refuses pickled code.  Checkpoints load as training
+scripts save them: the state dict nested under ``state_dict`` / ``model`` / ``ema`` (``WRAPPER_KEYS``;
+``--weights-key`` picks one when a file holds several), with DataParallel's ``module.`` and
+torch.compile's ``_orig_mod.`` prefixes stripped.  torchvision checkpoints of mobilenet_v2 and
+shufflenet_v2_x* load as they are: those families use torchvision's module names.
 """
 
 from __future__ import annotations
@@ -15,12 +18,22 @@ from torch import nn
 
 from lightdeploy.errors import UsageError
 
-_SHOW = 5  # offending keys listed per kind of mismatch
-_WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "module")
+_SHOW = 10  # offending keys listed per kind of mismatch
+# Where training scripts nest the state dict: {"state_dict": ...} (Lightning, mmcv), {"model": ...}
+# (detectron2, torchvision references), {"ema": ...} / {"model_ema": ...} / {"state_dict_ema": ...}
+# (EMA weights, e.g. timm), {"module": ...} (a saved DataParallel).
+WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "module", "ema", "model_ema", "state_dict_ema")
+# Prefixes that wrappers add to every key: DataParallel / DDP ("module."), torch.compile ("_orig_mod.").
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 
 
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read a state dict from ``path`` without executing any code from the file."""
+def read_state_dict(path: str | Path, key: str | None = None) -> dict[str, torch.Tensor]:
+    """Read a state dict from ``path`` without executing any code from the file.
+
+    ``key``: the entry of a checkpoint dict that holds the state dict to use (e.g. "state_dict_ema");
+    without it, the one nested under a known key (``WRAPPER_KEYS``) is found, or the file is refused
+    when it holds several (model and EMA weights: the caller must say which is deployed).
+    """
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"Weights file {str(path)!r} does not exist. Check the path given to --weights.")
@@ -28,44 +41,71 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         from safetensors.torch import load_file
 
         try:
-            return load_file(str(path))
+            obj = load_file(str(path))
         except Exception as exc:  # safetensors raises its own error types
             raise UsageError(f"Weights file {str(path)!r} is not a valid safetensors file ({exc}).") from None
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        raise UsageError(
-            f"Refused to load {str(path)!r}: it is a pickle that holds more than tensors "
-            f"(code or custom objects), which lightdeploy never executes. Re-save it as a plain state "
-            f"dict (torch.save(model.state_dict(), path)) or as .safetensors. Detail: {str(exc).splitlines()[0]}"
-        ) from None
-    except Exception as exc:
-        raise UsageError(
-            f"Cannot read weights file {str(path)!r}: {exc}. Give a PyTorch state dict or a .safetensors file."
-        ) from None
-    return _unwrap(obj, path)
+    else:
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as exc:
+            raise UsageError(
+                f"Refused to load {str(path)!r}: it is a pickle that holds more than tensors "
+                f"(code or custom objects), which lightdeploy never executes. Re-save it as a plain state "
+                f"dict (torch.save(model.state_dict(), path)) or as .safetensors. Detail: {str(exc).splitlines()[0]}"
+            ) from None
+        except Exception as exc:
+            raise UsageError(
+                f"Cannot read weights file {str(path)!r}: {exc}. Give a PyTorch state dict or a .safetensors file."
+            ) from None
+    return _unwrap(obj, path, key)
 
 
-def _unwrap(obj, path: Path) -> dict[str, torch.Tensor]:
-    # Training scripts often save {"state_dict": ...} or {"model": ...}, and DataParallel adds "module.".
+def _unwrap(obj, path: Path, key: str | None) -> dict[str, torch.Tensor]:
+    if key is not None:
+        if not isinstance(obj, dict) or not isinstance(obj.get(key), dict):
+            found = sorted(k for k, v in obj.items() if isinstance(v, dict)) if isinstance(obj, dict) else []
+            raise UsageError(
+                f"Weights file {str(path)!r} has no state dict under {key!r}; it has dicts under: "
+                f"{', '.join(found) or 'none'}. Give one of those to --weights-key."
+            )
+        obj = obj[key]
     while isinstance(obj, dict) and not any(isinstance(v, torch.Tensor) for v in obj.values()):
-        inner = next((obj[k] for k in _WRAPPER_KEYS if isinstance(obj.get(k), dict)), None)
-        if inner is None:
+        nested = [k for k in WRAPPER_KEYS if isinstance(obj.get(k), dict)]
+        if len(nested) > 1:
+            ema = [k for k in nested if "ema" in k]
+            example = f" (e.g. --weights-key {ema[0]} for the EMA weights)" if ema else ""
+            raise UsageError(
+                f"Weights file {str(path)!r} holds several state dicts ({', '.join(nested)}); say which one "
+                f"to deploy with --weights-key{example}."
+            )
+        if not nested:
             break
-        obj = inner
-    if not isinstance(obj, dict) or not obj:
-        raise UsageError(f"Weights file {str(path)!r} holds no state dict (a mapping of names to tensors).")
+        obj = obj[nested[0]]
+    if not isinstance(obj, dict) or not any(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise UsageError(
+            f"Weights file {str(path)!r} holds no state dict (a mapping of names to tensors), nor one nested "
+            f"under {', '.join(WRAPPER_KEYS)}. Save model.state_dict(), or name its entry with --weights-key."
+        )
     state = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
-    if state and all(k.startswith("module.") for k in state):
-        state = {k[len("module.") :]: v for k, v in state.items()}
+    stripped = True
+    while stripped:
+        stripped = False
+        for prefix in WRAPPER_PREFIXES:
+            if all(k.startswith(prefix) for k in state):
+                state = {k[len(prefix) :]: v for k, v in state.items()}
+                stripped = True
     return state
 
 
-def load_weights(model: nn.Module, path: str | Path, model_name: str) -> None:
-    """Load ``path`` into ``model`` strictly; any key or shape mismatch is a UsageError naming keys."""
-    state = read_state_dict(path)
+def load_weights(model: nn.Module, path: str | Path, model_name: str, key: str | None = None) -> None:
+    """Load ``path`` into ``model`` strictly; any key or shape mismatch is a UsageError naming keys.
+
+    A missing ``num_batches_tracked`` (BN's step counter, dropped by some exporters) is not a mismatch:
+    eval never reads it, so the model's own value stays.
+    """
+    state = read_state_dict(path, key)
     expected = model.state_dict()
-    missing = [k for k in expected if k not in state]
+    missing = [k for k in expected if k not in state and not k.endswith("num_batches_tracked")]
     unexpected = [k for k in state if k not in expected]
     wrong_shape = [
         f"{k} (file {tuple(state[k].shape)}, model {tuple(expected[k].shape)})"
@@ -89,7 +129,7 @@ def load_weights(model: nn.Module, path: str | Path, model_name: str) -> None:
             + ". "
             + (hint or "Check that the file was saved from this model (same name and width).")
         )
-    model.load_state_dict(state, strict=True)
+    model.load_state_dict({**expected, **state}, strict=True)
 
 
 def _num_classes_hint(state: dict, expected: dict) -> str | None:
@@ -101,3 +141,29 @@ def _num_classes_hint(state: dict, expected: dict) -> str | None:
                     f"The file's classifier has {state[key].shape[0]} classes: add --num-classes {state[key].shape[0]}."
                 )
     return None
+
+
+# ------------------------------------------------------------------------------ the manifest's entry
+def weights_entry(path: str | Path, key: str | None = None) -> dict:
+    """How an artifact's manifest records the weights file it was exported from."""
+    from lightdeploy.runtimes.manifest import sha256
+
+    entry = {"path": str(Path(path).resolve()), "sha256": sha256(Path(path))}
+    if key is not None:
+        entry["key"] = key
+    return entry
+
+
+def weights_from_entry(entry: dict) -> tuple[Path, str | None]:
+    """(path, key) of a recorded weights file, checked to be the same file as at export."""
+    from lightdeploy.runtimes.manifest import sha256
+
+    path = Path(entry["path"])
+    if not path.is_file():
+        raise UsageError(
+            f"The artifact was exported from weights {str(path)!r}, which no longer exist; parity needs "
+            "them to rebuild the eager model. Put the file back or re-export."
+        )
+    if sha256(path) != entry["sha256"]:
+        raise UsageError(f"Weights {str(path)!r} changed since export (sha256 differs); re-export the artifact.")
+    return path, entry.get("key")

@@ -12,6 +12,9 @@ import pytest
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # two xdist workers on two cores
 
+pytest_plugins = ("pytester",)  # tests/test_testing_plugin.py runs small pytest suites
+ROOT = Path(__file__).resolve().parents[1]
+
 
 def registered(task: str | None = None) -> list[str]:
     """Registered names without aliases (an alias builds the same model as its target)."""

@@ -314,16 +314,22 @@ def bench(
 @app.command()
 @_handle_errors
 def check(
-    subject: str = typer.Argument(..., metavar="MODEL|ONNX_FILE"),
-    to: str = typer.Option(..., "--to", help="Target whose operator support to check: trt."),
+    subject: str = typer.Argument(..., metavar="MODEL|FACTORY|ONNX_FILE"),
+    to: str = typer.Option(..., "--to", help="Target whose operator support to check: trt, openvino or tflite."),
     input_size: tuple[int, int] | None = typer.Option(None, "--input-size", help="H W"),
+    task: str | None = typer.Option(None, "--task", help="Your own model's task (with a FACTORY)."),
+    num_classes: int | None = typer.Option(None, "--num-classes", help="Passed to a FACTORY that takes it."),
     opset: int = typer.Option(18, "--opset"),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ):
-    """Check every ONNX node against the target's operator support, before any build (exit 2 if unsupported)."""
+    """Check every op against the target's operator support, before any build (exit 2 if unsupported)."""
     from lightdeploy.checks import check as run_check
+    from lightdeploy.references import is_reference
 
-    report = run_check(subject, to, input_size=input_size, opset=opset)
+    model = subject
+    if is_reference(subject):
+        model = _subject(subject, task, input_size, None, None, None, num_classes, None, None, lambda msg: None)
+    report = run_check(model, to, input_size=input_size, opset=opset)
     if as_json:
         console.print_json(json.dumps(report.as_dict()))
     else:

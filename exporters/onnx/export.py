@@ -48,20 +48,25 @@ def export_onnx(job: ExportJob, path: Path, *, metadata: dict | None = None) -> 
     from lightdeploy.ops import onnx_translation_table
 
     dims = dynamic_dims(job)
+    table = onnx_translation_table()
     # The exporter logs e.g. "torchvision is not installed. Skipping torchvision::nms".
     with quiet("torch.onnx"):
-        program = torch.onnx.export(
-            job.model,
-            (job.example_input(),),
-            dynamo=True,
-            external_data=False,
-            input_names=[job.input_name],
-            output_names=list(job.output_names),
-            opset_version=opset,
-            dynamic_shapes=({i: name for i, name in dims.items()},) if dims else None,
-            custom_translation_table=onnx_translation_table(),
-            verbose=False,
-        )
+        try:
+            program = torch.onnx.export(
+                job.model,
+                (job.example_input(),),
+                dynamo=True,
+                external_data=False,
+                input_names=[job.input_name],
+                output_names=list(job.output_names),
+                opset_version=opset,
+                dynamic_shapes=({i: name for i, name in dims.items()},) if dims else None,
+                custom_translation_table=table,
+                verbose=False,
+            )
+        except torch.onnx.OnnxExporterError as exc:
+            _raise_if_untranslated(job, table, exc)
+            raise
     model = program.model_proto
     check_symbolic(model, dims)
     onnx.checker.check_model(model, full_check=True)
@@ -78,6 +83,24 @@ def export_onnx(job: ExportJob, path: Path, *, metadata: dict | None = None) -> 
         "op_types": sorted({n.op_type for n in model.graph.node}),
         "dynamic_dims": {str(k): v for k, v in dims.items()},
     }
+
+
+def _raise_if_untranslated(job: ExportJob, table: dict, exc: Exception) -> None:
+    """A custom op without an ONNX translation fails the export deep inside torch.onnx; name the op and
+    the module that calls it instead (every ONNX-based target needs the translation)."""
+    from lightdeploy.exporters import program
+
+    try:
+        missing = program.custom_ops_missing(program.exported_program(job), table)
+    except Exception:  # noqa: BLE001 - the diagnosis is best effort; the exporter's own error stands
+        return
+    if missing:
+        raise UsageError(
+            f"{job.spec.name} calls custom op(s) that have no ONNX translation: {program.describe(missing)}. "
+            "ONNX, OpenVINO and TensorRT artifacts are made from ONNX: implement the op with torch operations "
+            "(or lightdeploy.ops), or give it a translation (torch.onnx.export's custom_translation_table); "
+            "nothing was written."
+        ) from exc
 
 
 def check_symbolic(model, dims: dict[int, str]) -> None:

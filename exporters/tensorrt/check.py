@@ -9,97 +9,12 @@ model and runs ``check_prepared`` (``lightdeploy/checks.py``).
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from lightdeploy.errors import UsageError, require
+from lightdeploy.exporters.checking import CheckReport, Finding
 from lightdeploy.exporters.onnx.graph import graph_constants, node_module, static_shapes
 from lightdeploy.exporters.tensorrt import support
-
-
-@dataclass
-class Finding:
-    severity: str  # "error" | "warning"
-    node: str
-    op_type: str
-    module: str  # nn.Module path (and class) that produced the node, "" when unknown
-    message: str
-    rewrite: str = ""
-
-
-@dataclass
-class CheckReport:
-    target: str
-    subject: str
-    opset: int
-    source: dict
-    op_counts: dict[str, int]
-    findings: list[Finding] = field(default_factory=list)
-    rewrites: list[str] = field(default_factory=list)  # exact rewrites applied first (prepare.py)
-
-    @property
-    def supported(self) -> bool:
-        return not self.errors()
-
-    def errors(self) -> list[Finding]:
-        return [f for f in self.findings if f.severity == "error"]
-
-    def warnings(self) -> list[Finding]:
-        return [f for f in self.findings if f.severity == "warning"]
-
-    def as_dict(self) -> dict:
-        d = asdict(self)
-        d["supported"] = self.supported
-        return d
-
-    def summary(self) -> str:
-        verdict = "supported" if self.supported else f"NOT supported ({len(self.errors())} unsupported node(s))"
-        rewritten = f", {len(self.rewrites)} node(s) rewritten for TensorRT" if self.rewrites else ""
-        return (
-            f"{self.subject}: TensorRT {self.source['tensorrt_version']} ONNX parser: {verdict}; "
-            f"{sum(self.op_counts.values())} nodes, {len(self.op_counts)} op types, opset {self.opset}, "
-            f"{len(self.warnings())} warning(s){rewritten}"
-        )
-
-    def text(self) -> str:
-        """Plain text (for error messages and logs)."""
-        lines = [self.summary()] + [f"  [rewritten] {r}" for r in self.rewrites]
-        for f in self.errors() + self.warnings():
-            where = f" in {f.module}" if f.module else ""
-            lines.append(f"  [{f.severity}] {f.node} ({f.op_type}){where}: {f.message}")
-            if f.rewrite:
-                lines.append(f"      suggested rewrite: {f.rewrite}")
-        return "\n".join(lines)
-
-    def __rich__(self):
-        from rich.console import Group
-        from rich.table import Table
-
-        ops = Table(title=f"TensorRT {self.source['tensorrt_version']} operator check: {self.subject}")
-        for col in ("op type", "nodes", "status"):
-            ops.add_column(col)
-        bad = Counter(f.op_type for f in self.errors())
-        warn = Counter(f.op_type for f in self.warnings())
-        for op, n in sorted(self.op_counts.items()):
-            status = (
-                "[red]unsupported[/]"
-                if bad[op]
-                else "[yellow]supported, see notes[/]"
-                if warn[op]
-                else "[green]supported[/]"
-            )
-            ops.add_row(op, str(n), status)
-        parts = [ops]
-        if self.findings:
-            detail = Table(title="findings")
-            for col in ("severity", "node", "module", "message", "suggested rewrite"):
-                detail.add_column(col, overflow="fold")
-            for f in self.errors() + self.warnings():
-                sev = "[red]error[/]" if f.severity == "error" else "[yellow]warning[/]"
-                detail.add_row(sev, f"{f.node} ({f.op_type})", f.module, f.message, f.rewrite)
-            parts.append(detail)
-        parts.append(("[green]" if self.supported else "[red]") + self.summary() + "[/]")
-        return Group(*parts)
 
 
 # ----------------------------------------------------------------------------------------- checks
@@ -146,7 +61,14 @@ def check_onnx(model_or_path, *, subject: str | None = None, rewrites: list[str]
 
     walk(model.graph, {})
     return CheckReport(
-        "trt", subject, opset, dict(support.SOURCE), dict(sorted(counts.items())), findings, list(rewrites or [])
+        "trt",
+        subject,
+        opset,
+        dict(support.SOURCE),
+        dict(sorted(counts.items())),
+        findings,
+        list(rewrites or []),
+        checker=f"TensorRT {support.SOURCE['tensorrt_version']} ONNX parser",
     )
 
 

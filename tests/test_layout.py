@@ -23,7 +23,7 @@ MAX_LINES = 400
 # own group (exporters and parity are siblings of one layer: neither imports the other).
 BASE = {"lightdeploy.errors", "lightdeploy.versions"}
 PIPELINE = {"lightdeploy.pipeline", "lightdeploy.jobs", "lightdeploy.checks", "lightdeploy.build", "lightdeploy.bench"}
-FACADE = {"lightdeploy", "lightdeploy.cli"}
+FACADE = {"lightdeploy", "lightdeploy.cli", "lightdeploy.testing", "lightdeploy.pytest_plugin"}
 # What a runtime module may import from outside lightdeploy, besides the standard library.
 RUNTIME_THIRD_PARTY = {
     "numpy",

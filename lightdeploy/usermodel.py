@@ -96,7 +96,7 @@ def from_module(
         name=name,
         family="user",
         task=task,
-        builder=type(module),
+        builder=type(module),  # never built from (not registered): the class, for information
         input_size=size,
         stride=_size_multiple(size_multiple, size),
         num_classes=classes,

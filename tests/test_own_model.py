@@ -90,6 +90,13 @@ def test_api_exports_to_every_backend_and_parity_rebuilds_from_the_factory(facto
             assert manifest["class_names"] == list(DETECTOR_CLASSES) and source["returns"] == "dict"
             assert [o["name"] for o in manifest["outputs"]] == ["boxes", "scores", "labels", "num_detections"]
             assert report.task_info["detections_eager"] > 0 and report.task_info["pairs"] > 0
+            # lightdeploy.ops lowered as for the zoo's detectors: ONNX RoiAlign and NonMaxSuppression
+            # (every ONNX-based target), the plain-tensor decompositions for TFLite
+            ops = manifest["backend_info"]["onnx"]["op_types"]
+            assert {"RoiAlign", "NonMaxSuppression", "Gather"} <= set(ops)
+            if manifest["target"] == "tflite":
+                decomposed = manifest["backend_info"]["converter"]["decompositions"]
+                assert {"lightdeploy.nms_fixed.default", "lightdeploy.ps_roi_align.default"} <= set(decomposed)
         again = parity(outcome.folder)  # eager built again from the recorded factory
         assert again.passed, again.summary()
     # `lightdeploy parity DIR` in a fresh process: the recorded "user_models:..." imports from tests/

@@ -47,6 +47,10 @@ def create_model(
         from lightdeploy.errors import UsageError
 
         raise UsageError(f"--num-classes must be at least 1; got {num_classes}.")
+    if weights is None and spec.pretrained is not None:
+        from lightdeploy.models.pretrained import weights_path
+
+        weights = weights_path(spec.pretrained)
     torch.manual_seed(seed)
     model = build(spec, num_classes or spec.num_classes, size)
     if weights is not None:

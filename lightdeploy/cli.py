@@ -310,6 +310,34 @@ def bench(
         benchmod.write_plot(rows, plot)
 
 
+# --------------------------------------------------------------------------------------------- eval
+@app.command("eval")
+@_handle_errors
+def eval_cmd(
+    subjects: list[str] = typer.Argument(..., metavar="MODEL|ARTIFACT_DIR..."),
+    data: Path = typer.Option(..., "--data", help="Labelled set: ImageFolder, COCO JSON, or images/ + masks/."),
+    json_out: Path | None = typer.Option(None, "--json", help="Write the rows as JSON."),
+    allow_unverified: bool = typer.Option(False, "--allow-unverified", help="Evaluate artifacts whose gate failed."),
+    quiet: bool = typer.Option(False, "--quiet"),
+):
+    """Accuracy of eager PyTorch and of each artifact on a labelled set, side by side with the delta.
+
+    Classification: DATA/<class name or index>/<image>.  Detection: DATA/annotations.json (COCO) with the
+    images in DATA/images/.  Segmentation: DATA/images/<stem>.jpg and DATA/masks/<stem>.png (class index
+    per pixel, 255 = ignore).
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from lightdeploy.evaluation.run import evaluate, render_table, write_json
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=err, disable=quiet, transient=True) as progress:
+        rows = evaluate(subjects, data, allow_unverified=allow_unverified, progress=progress)
+    console.print(render_table(rows))
+    if json_out:
+        write_json(rows, json_out)
+
+
 # ----------------------------------------------------------------------------------- check / build
 @app.command()
 @_handle_errors

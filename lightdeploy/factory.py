@@ -50,6 +50,10 @@ def create_model(
         from lightdeploy.errors import UsageError
 
         raise UsageError(f"--num-classes must be at least 1; got {num_classes}.")
+    if weights is None and spec.pretrained is not None:
+        from lightdeploy.models.pretrained import weights_path
+
+        weights = weights_path(spec.pretrained)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = build(spec, num_classes or spec.num_classes, size)
@@ -131,7 +135,8 @@ def eager_from_manifest(manifest: dict, *, calibrate_bn: bool = True) -> nn.Modu
         from lightdeploy.usermodel import rebuild
 
         return rebuild(src)
-    path, key = weights_from_entry(src["weights"]) if src.get("weights") else (None, None)
+    recorded = src.get("weights")
+    path, key = weights_from_entry(recorded) if recorded and "named" not in recorded else (None, None)
     model = create_model(
         src["model"],
         num_classes=src["num_classes"],

@@ -48,14 +48,19 @@ def registry_source(
     (Your own models' source comes from ``usermodel``: their factory, class and state-dict hash.)"""
     from lightdeploy.weights import weights_entry
 
+    named = spec.pretrained if weights is None else None
+    if named is not None:  # MODEL:TAG: create_model finds (and checks) the file by its name
+        entry = {"named": named.name, "file": named.file, "sha256": named.sha256}
+    else:
+        entry = weights_entry(weights, weights_key) if weights is not None else None
     return {
         "kind": "registry",
         "model": spec.name,
         "num_classes": num_classes or spec.num_classes,
         "input_size": list(input_size),
-        "weights": weights_entry(weights, weights_key) if weights is not None else None,
-        "seed": seed if weights is None else None,
-        "bn_statistics": "user weights" if weights else "re-estimated on the sample photographs",
+        "weights": entry,
+        "seed": seed if entry is None else None,
+        "bn_statistics": "re-estimated on the sample photographs" if entry is None else "the weights' own",
     }
 
 

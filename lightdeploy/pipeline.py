@@ -31,7 +31,8 @@ class ExportOutcome:
 
 
 def artifact_name(model: str, target: str, precision: str) -> str:
-    return f"{model}-{target}-{precision}"
+    """MODEL-TARGET-PRECISION; named weights' MODEL:TAG becomes MODEL-TAG (no ':' in folder names)."""
+    return f"{model.replace(':', '-')}-{target}-{precision}"
 
 
 def check_request(targets: list[str], precision: str) -> None:
@@ -130,7 +131,8 @@ def export(
     with staging_folder(final) as tmp:
         progress(f"exporting to {target} ({precision})")
         result = exporter.export(job, tmp)
-        result.info["notes"] = [n.replace("{artifact}", str(final)) for n in result.info.get("notes", [])]
+        notes = [n.replace("{artifact}", str(final)) for n in result.info.get("notes", [])]
+        result.info["notes"] = notes + calibration_warnings(result.info)
         manifest = write_manifest(tmp, manifest_for(job, result, source=source, num_classes=num_classes))
         report = None
         if parity:
@@ -239,6 +241,16 @@ def _untouched_global_state():
         torch.set_rng_state(states[0])
         np.random.set_state(states[1])
         random.setstate(states[2])
+
+
+def calibration_warnings(info: dict) -> list[str]:
+    """The calibration set's warnings (e.g. too few --calib images), wherever the exporter recorded it."""
+    found = []
+    for value in [info, *info.values()]:
+        calib = value.get("calibration") if isinstance(value, dict) else None
+        if isinstance(calib, dict) and calib.get("warning"):
+            found.append(calib["warning"])
+    return found
 
 
 def gate(

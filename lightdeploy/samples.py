@@ -1,7 +1,10 @@
-"""The sample photographs (scikit-image ships them) and the batches made from them.
+"""The sample photographs (scikit-image, scikit-learn and matplotlib ship them) and the batches made
+from them.
 
-They are the real images among the parity inputs, the data BN statistics are re-estimated on for
-models built without weights, and the default calibration set for INT8.
+``photographs()`` (scikit-image's six) are what BN statistics are re-estimated on for models built
+without weights.  ``sample_photographs()`` (every bundled photograph found) are the real images of the
+parity gate and of the default INT8 calibration set, each widened by seeded crops and flips
+(``augmented``) with different seeds, so the gate never judges on a calibration sample.
 """
 
 from __future__ import annotations
@@ -18,10 +21,38 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 
 def photographs() -> dict[str, np.ndarray]:
-    """{name: HxWx3 uint8 RGB} of the bundled photographs."""
+    """{name: HxWx3 uint8 RGB} of scikit-image's six photographs."""
     import skimage.data
 
     return {name: getattr(skimage.data, name)() for name in PHOTOGRAPHS}
+
+
+def sample_photographs() -> dict[str, np.ndarray]:
+    """{name: HxWx3 uint8 RGB} of every real photograph bundled in the installed packages: scikit-image's
+    (also its stereo motorcycle and retina), scikit-learn's sample images and matplotlib's sample photo
+    (each where that package is installed).  Nothing is downloaded."""
+    import skimage.data
+
+    out = photographs()
+    out["motorcycle"] = skimage.data.stereo_motorcycle()[0]
+    out["retina"] = skimage.data.retina()
+    try:
+        from sklearn.datasets import load_sample_images
+
+        bunch = load_sample_images()
+        for path, image in zip(bunch.filenames, bunch.images):
+            out[Path(path).stem] = np.ascontiguousarray(image)
+    except ImportError:
+        pass
+    try:
+        import matplotlib
+        from PIL import Image
+
+        with Image.open(Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg") as im:
+            out["grace_hopper"] = np.asarray(im.convert("RGB"))
+    except (ImportError, OSError):
+        pass
+    return out
 
 
 def images_from_dir(path: str | Path) -> dict[str, np.ndarray]:
@@ -39,17 +70,20 @@ def images_from_dir(path: str | Path) -> dict[str, np.ndarray]:
     return {p.name: load_image(p) for p in files}
 
 
-def augmented(images: dict[str, np.ndarray], copies: int, seed: int = 0) -> dict[str, np.ndarray]:
-    """Each image plus ``copies`` seeded variants (random crop of 60-100%, horizontal flip).
+def augmented(
+    images: dict[str, np.ndarray], copies: int, seed: int = 0, *, originals: bool = True, min_scale: float = 0.6
+) -> dict[str, np.ndarray]:
+    """Each image (unless ``originals`` is False) plus ``copies`` seeded variants: a random crop of
+    ``min_scale``-100% of each side (a zoom), flipped horizontally half of the time.
 
-    Simple augmentations widen a handful of photographs into a usable BN / calibration set.
+    Simple augmentations widen a handful of photographs into a usable BN / calibration / gate set.
     """
     rng = np.random.default_rng(seed)
-    out = dict(images)
+    out = dict(images) if originals else {}
     for name, img in images.items():
         h, w = img.shape[:2]
         for k in range(copies):
-            scale = rng.uniform(0.6, 1.0)
+            scale = rng.uniform(min_scale, 1.0)
             ch, cw = max(8, int(h * scale)), max(8, int(w * scale))
             y, x = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
             crop = img[y : y + ch, x : x + cw]

@@ -22,7 +22,15 @@ MAX_LINES = 400
 # Layers, lowest first.  A module may import modules of lower layers, and of its own layer within its
 # own group (exporters and parity are siblings of one layer: neither imports the other).
 BASE = {"lightdeploy.errors", "lightdeploy.versions"}
-PIPELINE = {"lightdeploy.pipeline", "lightdeploy.jobs", "lightdeploy.checks", "lightdeploy.build", "lightdeploy.bench"}
+PIPELINE = {
+    "lightdeploy.pipeline",
+    "lightdeploy.jobs",
+    "lightdeploy.checks",
+    "lightdeploy.build",
+    "lightdeploy.bench",
+    "lightdeploy.eager",
+}
+PIPELINE_PACKAGES = ("lightdeploy.evaluation",)
 FACADE = {"lightdeploy", "lightdeploy.cli", "lightdeploy.testing", "lightdeploy.pytest_plugin"}
 # What a runtime module may import from outside lightdeploy, besides the standard library.
 RUNTIME_THIRD_PARTY = {
@@ -47,7 +55,7 @@ def layer(module: str) -> tuple[int, str]:
         return 3, "exporters"
     if module.startswith("lightdeploy.parity"):
         return 3, "parity"
-    if module in PIPELINE:
+    if module in PIPELINE or module.startswith(PIPELINE_PACKAGES):
         return 4, "pipeline"
     if module in FACADE:
         return 5, "facade"

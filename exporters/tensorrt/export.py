@@ -65,7 +65,7 @@ class TensorRTExporter:
             raise UsageError(f"{job.spec.name} cannot be built by TensorRT as exported:\n{check.text()}")
         inputs, outputs = graph_io(model)
 
-        fp16 = int8 = None
+        fp16 = int8 = calib = None
         plan_onnx = ONNX_FILE
         if precision in ("fp16", "int8"):
             from lightdeploy.calibration import calibration_set
@@ -108,6 +108,7 @@ class TensorRTExporter:
             ]
         )
         info = {
+            "calibration": calib.description if calib is not None else None,
             "onnx": onnx_info,
             "plan": PLAN_FILE,
             "plan_onnx": plan_onnx,

@@ -1,5 +1,7 @@
 """Class names of the datasets the models default to (written into the manifest when they apply)."""
 
+from pathlib import Path
+
 # Cityscapes' 19 evaluation classes, in train-id order.
 CITYSCAPES = (
     "road",
@@ -106,3 +108,8 @@ COCO = (
     "hair drier",
     "toothbrush",
 )
+
+
+# ImageNet-1k's 1000 class names in torchvision's index order (torchvision.models._meta._IMAGENET_CATEGORIES),
+# so the classifiers' top-k names the classes of torchvision checkpoints loaded with --weights.
+IMAGENET = tuple(Path(__file__).with_name("imagenet_classes.txt").read_text().splitlines())

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from lightdeploy.models.labels import IMAGENET
 from lightdeploy.models.registry import ModelSpec, Reference, register_model
 
 # docs/models.md §1, the paper's Table 2 as torchvision writes it: (t expansion, c channels, n repeats, s stride).
@@ -138,6 +139,7 @@ for _name, (_width, _macs, _params) in _WIDTHS.items():
             input_size=(224, 224),
             stride=32,
             num_classes=1000,
+            class_names=IMAGENET,
             outputs=("logits",),
             description=f"MobileNetV2 width {_width} (inverted residuals, linear bottlenecks)",
             reference=Reference(_macs, _params, "docs/models.md §1 computed row [C]"),

@@ -69,6 +69,8 @@ class ModelSpec:
     export_wrapper: Callable[..., object] | None = None
     # Extra outputs the export wrapper adds with --raw-heads (detectors: the head tensors before NMS).
     raw_outputs: tuple[str, ...] = ()
+    # Named weights (``lightdeploy.models.pretrained``) this name is built with; None: random init.
+    pretrained: object | None = None
 
     def check_input_size(self, size: tuple[int, int]) -> tuple[int, int]:
         """Validate a user-given (H, W): positive multiples of the model's stride."""
@@ -115,6 +117,23 @@ def register_alias(alias: str, target: str, description: str = "") -> ModelSpec:
     return register_model(spec)
 
 
+def register_pretrained(weights) -> ModelSpec:
+    """Register ``MODEL:TAG`` for named weights: the architecture's spec with the checkpoint's classes."""
+    base = _REGISTRY[weights.model]
+    fields = {
+        **base.__dict__,
+        "name": weights.name,
+        "alias_of": base.name,
+        "pretrained": weights,
+        "num_classes": weights.num_classes,
+        "class_names": weights.class_names,
+        "description": f"{base.description}; weights: {weights.description}",
+    }
+    if weights.input_size:
+        fields["input_size"] = tuple(weights.input_size)
+    return register_model(ModelSpec(**fields))
+
+
 def get_spec(name: str) -> ModelSpec:
     _ensure_families_loaded()
     try:
@@ -149,6 +168,7 @@ def _ensure_families_loaded() -> None:
     try:
         for family in BUILTIN_FAMILIES:
             importlib.import_module(f"{__package__}.{family}")
+        importlib.import_module(f"{__package__}.pretrained").register_all()
         for entry_point in importlib.metadata.entry_points(group=PLUGIN_GROUP):
             _load_plugin(entry_point)
     except BaseException:

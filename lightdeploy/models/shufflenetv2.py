@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from lightdeploy.models.labels import IMAGENET
 from lightdeploy.models.registry import ModelSpec, Reference, register_model
 from lightdeploy.ops import channel_shuffle
 
@@ -126,6 +127,7 @@ for _name, (_width, _macs, _params) in _WIDTHS.items():
             input_size=(224, 224),
             stride=32,
             num_classes=1000,
+            class_names=IMAGENET,
             outputs=("logits",),
             description=f"ShuffleNetV2 {_width}x (channel split, channel shuffle; torchvision unit)",
             reference=Reference(_macs, _params, "docs/models.md §2 table, torchvision-unit [C] column"),

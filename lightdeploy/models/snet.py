@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from lightdeploy.models.labels import IMAGENET
 from lightdeploy.models.registry import ModelSpec, Reference, register_model
 from lightdeploy.ops import channel_shuffle
 
@@ -119,6 +120,7 @@ for _depth, (_macs, _params) in _DEPTHS.items():
             input_size=(224, 224),
             stride=32,
             num_classes=1000,
+            class_names=IMAGENET,
             outputs=("logits",),
             description=f"SNet{_depth} (ThunderNet's ShuffleNetV2, 5x5 depthwise)",
             reference=Reference(_macs, _params, "docs/models.md §4 SNet complexity [C], Megvii-unit column"),

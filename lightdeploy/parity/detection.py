@@ -244,6 +244,7 @@ def detect_checks(ref: dict, out: dict, tol: Tolerance, output_names: list[str])
         "unmatched": failures[:10],
     }
     total = info["detections_eager"] + info["detections_artifact"]
+    info["one_miss"] = 2.0 / total if total else None  # one unpaired detection's cost to the box match F1
     if tol.precision != "fp32":
         info["near_tie_fraction"] = ties / total if total else 0.0
         return [Check("task", "box_match_f1", f1_all, tol.box_min, ">=")], info

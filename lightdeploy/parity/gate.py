@@ -65,7 +65,14 @@ def run_parity(
     artifact = run_artifact(runtime, batches, manifest)
     tol = tolerance or tolerance_for(manifest["backend"], manifest["precision"])
     report = compare(
-        eager, artifact, manifest, tol, [p.name for p in inputs], artifact_name=folder.name, eager32=eager32
+        eager,
+        artifact,
+        manifest,
+        tol,
+        [p.name for p in inputs],
+        artifact_name=folder.name,
+        eager32=eager32,
+        task_batches=[photo for _, _, photo in batches],
     )
     if method:
         report.estimated, report.method = True, method
@@ -79,7 +86,7 @@ def run_eager(
 ) -> Outputs:
     out: Outputs = {n: [] for n in output_names}
     model = copy.deepcopy(model).to(dtype).eval()
-    for _, x in batches:
+    for _, x, _ in batches:
         t = torch.from_numpy(x).to(dtype)
         if layout == "NHWC":
             t = t.permute(0, 3, 1, 2).contiguous()
@@ -94,7 +101,7 @@ def run_artifact(runtime, batches, manifest: dict) -> Outputs:
     input_name = manifest["inputs"][0]["name"]
     layouts = {o["name"]: o.get("layout") for o in manifest["outputs"]}
     out: Outputs = {o["name"]: [] for o in manifest["outputs"]}
-    for _, x in batches:
+    for _, x, _ in batches:
         result = runtime.run({input_name: x})
         for name in out:
             value = result[name]
@@ -112,8 +119,11 @@ def compare(
     input_names: list[str],
     artifact_name: str = "",
     eager32: Outputs | None = None,
+    task_batches: list[bool] | None = None,
 ) -> ParityReport:
     """Judge ``artifact`` against the float64 ``eager`` outputs.
+
+    ``task_batches``: which batches the task metric judges (the photographs; default: all).
 
     ``eager32`` (eager PyTorch in float32) measures each output's reference noise floor: how far a
     float32 evaluation of the same model already is from the exact one.  An fp32 artifact may not be
@@ -138,7 +148,13 @@ def compare(
     task_fn = task_checks_for(manifest["task"])
     task_info: dict = {}
     if task_fn is not None:
-        task_checks, task_info = task_fn(eager, artifact, tol, list(eager))
+        keep = task_batches or [True] * len(next(iter(eager.values())))
+
+        def judged(outputs: Outputs) -> Outputs:
+            return {n: [v for v, k in zip(vs, keep) if k] for n, vs in outputs.items()}
+
+        task_checks, task_info = task_fn(judged(eager), judged(artifact), tol, list(eager))
+        task_info["judged_batches"] = sum(keep)
         checks += task_checks
     return ParityReport(
         artifact=artifact_name or manifest["model"],

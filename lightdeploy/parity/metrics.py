@@ -98,6 +98,7 @@ def classify_checks(ref: dict, out: dict, tol: Tolerance, output_names: list[str
         "near_ties": int((~clear).sum()),
         "inputs": int(len(agree)),
         "top5_overlap": float(top5),
+        "one_miss": 1.0 / int(judged.sum()) if judged.any() else None,  # what one disagreement costs the row
     }
     return [Check("task", "top1_agreement", value, tol.top1_agreement_min, ">=")], info
 

@@ -33,4 +33,5 @@ def segment_checks(ref: dict, out: dict, tol: Tolerance, output_names: list[str]
         "mask_pixel_agreement": accuracy,
         "mask_miou": miou,
         "pixels": int(r.size),
+        "one_miss": 1.0 / max(int(r.size), 1),  # one flipped pixel's cost to the row
     }

@@ -136,6 +136,13 @@ def eager_from_manifest(manifest: dict, *, calibrate_bn: bool = True) -> nn.Modu
 
         return rebuild(src)
     recorded = src.get("weights")
+    if recorded and "named" in recorded and get_spec(src["model"]).pretrained.sha256 != recorded["sha256"]:
+        from lightdeploy.errors import UsageError
+
+        raise UsageError(
+            f"The artifact was exported from {recorded['named']} with sha256 {recorded['sha256'][:12]}..., "
+            "which this lightdeploy no longer ships; re-export the artifact."
+        )
     path, key = weights_from_entry(recorded) if recorded and "named" not in recorded else (None, None)
     model = create_model(
         src["model"],

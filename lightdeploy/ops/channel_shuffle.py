@@ -48,6 +48,24 @@ def _channel_shuffle_fake(x: torch.Tensor, groups: int) -> torch.Tensor:
     return torch.empty_like(x)
 
 
+# ------------------------------------------------------------------------------------------ autograd
+# A shuffle is a channel permutation, so its gradient is the inverse permutation: shuffling C
+# channels in g groups is undone by shuffling them in C/g groups (transposing a g x C/g grid twice).
+# The backward calls the op itself, so double backward works too and exports never see this.
+def _channel_shuffle_setup_context(ctx, inputs, output) -> None:
+    x, groups = inputs
+    ctx.inverse_groups = x.shape[1] // groups
+
+
+def _channel_shuffle_backward(ctx, grad_output):
+    return torch.ops.lightdeploy.channel_shuffle(grad_output, ctx.inverse_groups), None
+
+
+channel_shuffle.register_autograd(
+    _channel_shuffle_backward, setup_context=_channel_shuffle_setup_context
+)
+
+
 # ---------------------------------------------------------------------------------- ONNX translations
 def onnx_channel_shuffle_gather(x, groups: int):
     """``Gather(x, const perm, axis=1)``: rank 4 throughout, any batch/H/W (needs static C)."""

@@ -102,3 +102,45 @@ def test_cocoeval_scores_ground_truth_as_perfect(tmp_path):
     evaluator = COCOeval(gt, gt.loadRes(results), "bbox")
     evaluator.evaluate(), evaluator.accumulate(), evaluator.summarize()
     assert evaluator.stats[1] == pytest.approx(1.0)  # mAP@0.5
+
+
+# ------------------------------------------------------------ the trainer's detection targets
+def _losses_module():
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
+    import detection_losses
+
+    return detection_losses
+
+
+def test_box_encoding_inverts_the_models_decode():
+    import torch
+
+    from lightdeploy.models import _detection as det
+
+    losses = _losses_module()
+    ref = torch.tensor([[10.0, 20.0, 50.0, 40.0], [0.0, 0.0, 32.0, 64.0]])
+    boxes = torch.tensor([[12.0, 18.0, 60.0, 45.0], [4.0, 8.0, 20.0, 30.0]])
+    for stds in [(1.0, 1.0, 1.0, 1.0), (0.1, 0.1, 0.2, 0.2)]:
+        assert torch.allclose(det.decode(losses.encode(boxes, ref, stds), ref, stds), boxes, atol=1e-4)
+
+
+def test_detector_losses_on_a_synthetic_batch():
+    import torch
+
+    import lightdeploy
+
+    losses = _losses_module()
+    torch.manual_seed(0)
+    model = lightdeploy.create_model("thundernet_snet49", num_classes=len(synthetic.CLASSES),
+                                     input_size=(128, 128), calibrate_bn=False).train()
+    samples = [synthetic.render_sample(0, "train", i, 128) for i in range(2)]
+    images = torch.randn(2, 3, 128, 128)
+    targets = [{"boxes": torch.from_numpy(s.boxes), "labels": torch.from_numpy(s.labels)} for s in samples]
+    out = losses.detector_losses(model, images, targets, torch.Generator().manual_seed(0))
+    assert set(out) == {"rpn_cls", "rpn_box", "rcnn_cls", "rcnn_box"}
+    assert all(torch.isfinite(v) and v > 0 for v in out.values())
+    sum(out.values()).backward()
+    assert model.head.cls.weight.grad.abs().sum() > 0 and model.rpn.cls.weight.grad.abs().sum() > 0

@@ -43,6 +43,7 @@ import lightdeploy  # noqa: E402
 from lightdeploy import factory  # noqa: E402
 from lightdeploy.datasets import synthetic, writers  # noqa: E402
 from lightdeploy.models.registry import get_spec  # noqa: E402
+from detection_losses import detector_losses  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULTS = {  # per task: model, input size, batch, steps, learning rate
@@ -152,8 +153,6 @@ def train(args, task: str) -> None:
         samples = next(data)
         images = to_tensor([s.image for s in samples], spec)
         if task == "detector":
-            from detection_losses import detector_losses
-
             targets = [{"boxes": torch.from_numpy(s.boxes), "labels": torch.from_numpy(s.labels)} for s in samples]
             losses = detector_losses(model, images, targets, gen)
         else:

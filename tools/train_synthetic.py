@@ -10,6 +10,8 @@ What it does (docs/training.md has the measured runs):
 - trains on the endless train stream (``synthetic.stream(seed)``): AdamW, linear warm-up then
   cosine decay over ``--steps``, gradient-norm clipping; the detector with the Faster R-CNN losses
   of ``detection_losses.py``, the segmenter with per-pixel cross-entropy;
+- ``--max-minutes`` stops early on a slow (shared) machine, still evaluating and shipping; the sidecar
+  records the step, and ``--stop-at STEP`` reproduces such a run (the schedule stays set by --steps);
 - every ``--eval-every`` steps evaluates the model's own eval-mode ``forward`` on the held-out
   split (fixed seed, photographs never seen in training): detectors with pycocotools' COCOeval
   (mAP@0.5 and mAP@0.5:0.95), segmenters by mIoU over background + classes and pixel accuracy;
@@ -147,7 +149,13 @@ def train(args, task: str) -> None:
     totals: dict[str, float] = {}
     train_seconds = 0.0
     started, cpu_started = time.time(), time.process_time()  # CPU time: what contention does not inflate
-    for step in range(args.steps):
+    stop_at = min(args.steps, args.stop_at or args.steps)
+    for step in range(stop_at):
+        if args.max_minutes and train_seconds > 60 * args.max_minutes:
+            # A guard for shared machines: stop where the budget ends, evaluate and ship; the
+            # sidecar records the step, and --stop-at that step reproduces the run.
+            stop_at = step
+            break
         tick = time.time()
         model.train()
         samples = next(data)
@@ -175,11 +183,14 @@ def train(args, task: str) -> None:
             curve["loss"].append(row)
             print(json.dumps(row), flush=True)
             totals = {}
-        if (step + 1) % args.eval_every == 0 or step + 1 == args.steps:
+        if (step + 1) % args.eval_every == 0 or step + 1 == stop_at:
             metrics = {"step": step + 1, "train_s": round(train_seconds, 1), **evaluate(model)}
             curve["heldout"].append(metrics)
             print("heldout", json.dumps(metrics), flush=True)
+    if not curve["heldout"] or curve["heldout"][-1]["step"] != stop_at:
+        curve["heldout"].append({"step": stop_at, "train_s": round(train_seconds, 1), **evaluate(model)})
     curve["cpu_seconds"] = round(time.process_time() - cpu_started, 1)
+    curve["stopped_at_step"] = stop_at
     ship(args, task, spec, model, curve, train_seconds, time.time() - started, heldout, evaluate)
 
 
@@ -214,8 +225,8 @@ def ship(args, task, spec, model, curve, train_seconds, total_seconds, heldout, 
         "preprocessing": {"mean": list(spec.mean), "std": list(spec.std), "layout": "NCHW", "range": "RGB / 255"},
         "seed": args.seed,
         "command": "python tools/train_synthetic.py " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
-        "training": {"steps": args.steps, "batch": args.batch, "lr": args.lr, "threads": args.threads,
-                     "images_seen": args.steps * args.batch, "train_seconds": round(train_seconds, 1),
+        "training": {"steps": args.steps, "stopped_at_step": curve["stopped_at_step"], "batch": args.batch, "lr": args.lr, "threads": args.threads,
+                     "images_seen": curve["stopped_at_step"] * args.batch, "train_seconds": round(train_seconds, 1),
                      "wall_seconds": round(total_seconds, 1), "cpu_seconds": curve["cpu_seconds"],
                      "torch": torch.__version__,
                      "train_photographs": list(synthetic.TRAIN_PHOTOS)},
@@ -246,6 +257,8 @@ def main(argv=None) -> None:
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--threads", type=int, default=2)
         p.add_argument("--heldout", type=int, default=synthetic.HELDOUT_SIZE, help="held-out images")
+        p.add_argument("--stop-at", type=int, default=0, help="stop after this step (schedule still set by --steps)")
+        p.add_argument("--max-minutes", type=float, default=0, help="stop when training time exceeds this (0: never)")
         p.add_argument("--log-every", type=int, default=50)
         p.add_argument("--eval-every", type=int, default=500)
         p.add_argument("--out", default=str(ROOT / "lightdeploy" / "models" / "weights"))

@@ -114,7 +114,8 @@ def fetched() -> list[NamedWeights]:
 def shipped() -> list[NamedWeights]:
     """The sidecar JSON of every shipped checkpoint."""
     out = []
-    for sidecar in sorted(SHIPPED_DIR.glob("*.json")) if SHIPPED_DIR.is_dir() else []:
+    sidecars = sorted(p for p in SHIPPED_DIR.glob("*.json") if not p.name.endswith(".curve.json"))
+    for sidecar in sidecars if SHIPPED_DIR.is_dir() else []:
         meta = json.loads(sidecar.read_text())
         tag = meta.get("tag") or Path(meta["file"]).stem.rsplit("-", 1)[-1]  # "<model>-<tag>.safetensors"
         out.append(
@@ -127,7 +128,7 @@ def shipped() -> list[NamedWeights]:
                 num_classes=int(meta["num_classes"]),
                 class_names=tuple(meta["class_names"]) if meta.get("class_names") else None,
                 input_size=tuple(meta["input_size"]) if meta.get("input_size") else None,
-                metrics=meta.get("metrics", {}),
+                metrics=meta.get("heldout", {}).get("metrics_fp16_file", {}),
             )
         )
     return out

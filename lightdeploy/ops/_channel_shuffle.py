@@ -44,6 +44,22 @@ def _channel_shuffle_fake(x: torch.Tensor, groups: int) -> torch.Tensor:
     return torch.empty_like(x)
 
 
+# ------------------------------------------------------------------------------------------ autograd
+# A shuffle is a channel permutation, so its gradient is the inverse permutation: shuffling C
+# channels in g groups is undone by shuffling them in C/g groups (transposing a g x C/g grid twice).
+# The backward calls the op itself, so double backward works too and exports never see this.
+def _channel_shuffle_setup_context(ctx, inputs, output) -> None:
+    x, groups = inputs
+    ctx.inverse_groups = x.shape[1] // groups
+
+
+def _channel_shuffle_backward(ctx, grad_output):
+    return torch.ops.lightdeploy.channel_shuffle(grad_output, ctx.inverse_groups), None
+
+
+_channel_shuffle_op.register_autograd(_channel_shuffle_backward, setup_context=_channel_shuffle_setup_context)
+
+
 def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
     """Interleave the channels of ``groups`` groups (ShuffleNet): x [N, C, H, W], C % groups == 0."""
     if x.dim() != 4:

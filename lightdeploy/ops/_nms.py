@@ -188,6 +188,28 @@ def _nms_fixed_fake(boxes, scores, iou_threshold, max_output):
     )
 
 
+# ------------------------------------------------------------------------------------------ autograd
+# NMS returns integer indices (and a count): piecewise constant in the boxes and scores, so there is
+# no gradient.  Registering a backward that returns None for every input says so explicitly: a
+# detector in training mode can call NMS on boxes that require grad and take gradients through
+# ``boxes[keep]`` (the indexing, not the NMS) without autograd warnings or errors.  Integer outputs
+# never require grad, so autograd does not even call these.
+def _no_setup_context(ctx, inputs, output) -> None:
+    pass
+
+
+def _nms_backward(ctx, *grad_outputs):
+    return None, None, None
+
+
+def _nms_fixed_backward(ctx, *grad_outputs):
+    return None, None, None, None
+
+
+_nms_op.register_autograd(_nms_backward, setup_context=_no_setup_context)
+_nms_fixed_op.register_autograd(_nms_fixed_backward, setup_context=_no_setup_context)
+
+
 # ---------------------------------------------------------------------------------- public API
 def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torch.Tensor:
     """torchvision.ops.nms: indices of the kept boxes, by decreasing score."""

@@ -234,6 +234,32 @@ def _ps_roi_align_fake(input, boxes, pooled_height, pooled_width, spatial_scale,
     return input.new_empty(boxes.shape[0], input.shape[1] // bins, pooled_height, pooled_width)
 
 
+# ------------------------------------------------------------------------------------------ autograd
+# Gradient to ``input`` only, as torchvision: the box coordinates only choose where to sample (their
+# gradient through the bilinear weights is ignored there too).  The op is linear in ``input`` (a
+# weighted sum of gathered values), so its vector-Jacobian product is obtained by differentiating the
+# plain-tensor eager code once more on a detached copy: the gather's backward is a scatter-add of the
+# same taps, with adaptive grids, masks and blocks handled by the one implementation that is tested.
+def _ps_roi_align_setup_context(ctx, inputs, output) -> None:
+    input, boxes, pooled_height, pooled_width, spatial_scale, sampling_ratio = inputs
+    ctx.save_for_backward(input, boxes)
+    ctx.args = (pooled_height, pooled_width, spatial_scale, sampling_ratio)
+
+
+def _ps_roi_align_backward(ctx, grad_output):
+    input, boxes = ctx.saved_tensors
+    grad_input = None
+    if ctx.needs_input_grad[0]:
+        with torch.enable_grad():
+            x = input.detach().requires_grad_(True)
+            out = ps_roi_align_eager(x, boxes.detach(), *ctx.args)
+            (grad_input,) = torch.autograd.grad(out, x, grad_output)
+    return grad_input, None, None, None, None, None
+
+
+_ps_roi_align_op.register_autograd(_ps_roi_align_backward, setup_context=_ps_roi_align_setup_context)
+
+
 def _boxes_to_rois(boxes) -> torch.Tensor:
     """Accept torchvision's list-of-[L, 4] form too (one tensor per image) -> [K, 5]."""
     if isinstance(boxes, torch.Tensor):

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from lightdeploy.parity.estimate import Estimator
-from lightdeploy.parity.inputs import parity_inputs, to_batches
+from lightdeploy.parity.inputs import BOTH, TASK, TENSOR, parity_inputs, to_batches
 from lightdeploy.parity.metrics import (
     NOISE_FLOOR_FACTOR,
     TASK_JUDGED_OUTPUTS,
@@ -72,7 +72,7 @@ def run_parity(
         [p.name for p in inputs],
         artifact_name=folder.name,
         eager32=eager32,
-        task_batches=[photo for _, _, photo in batches],
+        roles=[role for _, _, role in batches],
     )
     if method:
         report.estimated, report.method = True, method
@@ -119,11 +119,12 @@ def compare(
     input_names: list[str],
     artifact_name: str = "",
     eager32: Outputs | None = None,
-    task_batches: list[bool] | None = None,
+    roles: list[str] | None = None,
 ) -> ParityReport:
     """Judge ``artifact`` against the float64 ``eager`` outputs.
 
-    ``task_batches``: which batches the task metric judges (the photographs; default: all).
+    ``roles``: each batch's role (``inputs.BOTH`` / ``TASK`` / ``TENSOR``: which metrics it serves;
+    default: both for every batch).
 
     ``eager32`` (eager PyTorch in float32) measures each output's reference noise floor: how far a
     float32 evaluation of the same model already is from the exact one.  An fp32 artifact may not be
@@ -131,6 +132,17 @@ def compare(
     ``NOISE_FLOOR_FACTOR`` x that floor, whichever is larger; the report shows both.
     """
     checks, stats = [], {}
+    roles = roles or [BOTH] * len(next(iter(eager.values())))
+
+    def serving(outputs: Outputs | None, excluded: str) -> Outputs | None:
+        return (
+            None
+            if outputs is None
+            else {n: [v for v, r in zip(vs, roles) if r != excluded] for n, vs in outputs.items()}
+        )
+
+    task_eager, task_artifact = serving(eager, TENSOR), serving(artifact, TENSOR)
+    eager, artifact, eager32 = serving(eager, TASK), serving(artifact, TASK), serving(eager32, TASK)
     judged_by_task = TASK_JUDGED_OUTPUTS.get(manifest["task"], ())
     for name, ref in eager.items():
         got = artifact[name]
@@ -148,13 +160,8 @@ def compare(
     task_fn = task_checks_for(manifest["task"])
     task_info: dict = {}
     if task_fn is not None:
-        keep = task_batches or [True] * len(next(iter(eager.values())))
-
-        def judged(outputs: Outputs) -> Outputs:
-            return {n: [v for v, k in zip(vs, keep) if k] for n, vs in outputs.items()}
-
-        task_checks, task_info = task_fn(judged(eager), judged(artifact), tol, list(eager))
-        task_info["judged_batches"] = sum(keep)
+        task_checks, task_info = task_fn(task_eager, task_artifact, tol, list(eager))
+        task_info["judged_batches"] = sum(r != TENSOR for r in roles)
         checks += task_checks
     return ParityReport(
         artifact=artifact_name or manifest["model"],

@@ -1,11 +1,12 @@
 """The parity inputs: real photographs (preprocessed per the manifest) plus seeded random tensors.
 
-Task metrics (top-1, detections, masks) are judged on the photographs only: on a trained network a
-noise tensor has no meaningful class.  Random tensors reach activations photographs do not, so they
-stay for the tensor metrics.  Reduced-precision classifiers are judged on ``TASK_SAMPLES`` photograph
-samples (the bundled photographs widened by crops and flips, with a seed of their own, disjoint from
-the calibration set's): at 90% / 99% agreement the row needs about a hundred judged inputs before one
-miss weighs less than the row's margin (docs/design.md#parity).
+Each input has a role: the photographs serve both kinds of metric; random tensors reach activations
+photographs do not, so they serve the tensor metrics only (on a trained network a noise tensor has no
+meaningful class); and a reduced-precision classifier's task metric also gets ``TASK_SAMPLES`` crops and
+flips of the photographs (a seed of their own, disjoint from the calibration set's): at 90% / 99%
+agreement the row needs about a hundred judged inputs before one miss weighs less than the row's
+margin.  The crops serve the task metric only, so the tensor rows keep judging the same inputs at every
+precision (docs/design.md#parity).
 """
 
 from __future__ import annotations
@@ -22,11 +23,14 @@ GATE_MIN_SCALE = 0.4
 TASK_SAMPLES = {"classify": 128}  # reduced precision only; fp32 judges every photograph exactly
 
 
+BOTH, TASK, TENSOR = "both", "task", "tensor"  # the metrics an input serves
+
+
 @dataclass
 class ParityInput:
     name: str
     array: np.ndarray  # [1, 3, H, W] (or [1, H, W, 3]) float32, as the artifact takes it
-    photo: bool = True  # a real photograph (task metrics) or a random tensor (tensor metrics only)
+    role: str = BOTH
 
 
 def parity_inputs(manifest: dict, images: dict[str, np.ndarray] | None = None) -> list[ParityInput]:
@@ -39,25 +43,22 @@ def parity_inputs(manifest: dict, images: dict[str, np.ndarray] | None = None) -
     from lightdeploy.samples import augmented, preprocessed, sample_photographs
 
     pre = dict(manifest["preprocessing"])
-    photos = sample_photographs()
-    wanted = TASK_SAMPLES.get(manifest["task"]) if manifest["precision"] != "fp32" else None
-    if wanted:
-        copies = max(0, math.ceil(wanted / len(photos)) - 1)
-        photos = augmented(photos, copies, seed=GATE_SEED, min_scale=GATE_MIN_SCALE)
-    photos.update(images or {})
+    photos = {**sample_photographs(), **(images or {})}
     out = [ParityInput(n, a) for n, a in preprocessed(photos, pre).items()]
     rng = np.random.default_rng(RANDOM_SEED)
     shape = out[0].array.shape
     out += [
-        ParityInput(f"random{i}", rng.standard_normal(shape).astype(np.float32), photo=False)
-        for i in range(RANDOM_INPUTS)
+        ParityInput(f"random{i}", rng.standard_normal(shape).astype(np.float32), TENSOR) for i in range(RANDOM_INPUTS)
     ]
+    wanted = TASK_SAMPLES.get(manifest["task"]) if manifest["precision"] != "fp32" else None
+    if wanted:
+        copies = max(0, math.ceil(wanted / len(photos)) - 1)
+        crops = augmented(photos, copies, seed=GATE_SEED, originals=False, min_scale=GATE_MIN_SCALE)
+        out += [ParityInput(n, a, TASK) for n, a in preprocessed(crops, pre).items()]
     second = second_size(manifest)
     if second:
-        base = sample_photographs()
-        base.update(images or {})
         pre2 = {**pre, "size": list(second)}
-        out += [ParityInput(f"{n}@{second[0]}x{second[1]}", a) for n, a in preprocessed(base, pre2).items()]
+        out += [ParityInput(f"{n}@{second[0]}x{second[1]}", a) for n, a in preprocessed(photos, pre2).items()]
     return out
 
 
@@ -72,19 +73,19 @@ def second_size(manifest: dict) -> tuple[int, int] | None:
     return h + stride, w + 2 * stride
 
 
-def to_batches(inputs: list[ParityInput], batch_dim) -> list[tuple[list[str], np.ndarray, bool]]:
-    """Group inputs into the artifact's batch: (names, array, photo).  A fixed B repeats each input B
-    times; a dynamic batch gets pairs of same-sized inputs of one kind, so batching itself is exercised."""
+def to_batches(inputs: list[ParityInput], batch_dim) -> list[tuple[list[str], np.ndarray, str]]:
+    """Group inputs into the artifact's batch: (names, array, role).  A fixed B repeats each input B
+    times; a dynamic batch gets pairs of same-sized inputs of one role, so batching itself is exercised."""
     if isinstance(batch_dim, int):
-        return [([p.name], np.repeat(p.array, batch_dim, axis=0), p.photo) for p in inputs]
+        return [([p.name], np.repeat(p.array, batch_dim, axis=0), p.role) for p in inputs]
     groups, i = [], 0
     while i < len(inputs):
         a = inputs[i]
         b = inputs[i + 1] if i + 1 < len(inputs) else None
-        if b is not None and b.array.shape == a.array.shape and b.photo == a.photo:
-            groups.append(([a.name, b.name], np.concatenate([a.array, b.array]), a.photo))
+        if b is not None and b.array.shape == a.array.shape and b.role == a.role:
+            groups.append(([a.name, b.name], np.concatenate([a.array, b.array]), a.role))
             i += 2
         else:
-            groups.append(([a.name], a.array, a.photo))
+            groups.append(([a.name], a.array, a.role))
             i += 1
     return groups

@@ -116,23 +116,16 @@ def reestimate_bn(model: nn.Module, spec: ModelSpec, input_size: tuple[int, int]
     model.eval()
 
 
-def eager_from_manifest(manifest: dict) -> nn.Module:
-    """Rebuild the eager model an artifact was exported from (``lightdeploy parity DIR``, bench)."""
-    from lightdeploy.errors import UsageError
-    from lightdeploy.runtimes.manifest import sha256
+def eager_from_manifest(manifest: dict, weights: str | Path | None = None) -> nn.Module:
+    """Rebuild the eager model an artifact was exported from (``lightdeploy parity DIR``, bench).
+
+    ``weights``: the file the manifest's weights entry names (``weights.recorded_weights`` finds and
+    checks it); required when the artifact was exported from a weights file.
+    """
+    from lightdeploy.weights import recorded_weights
 
     src = manifest["source"]
-    weights = src.get("weights")
-    path = None
-    if weights:
-        path = Path(weights["path"])
-        if not path.is_file():
-            raise UsageError(
-                f"The artifact was exported from weights {str(path)!r}, which no longer exist; parity needs "
-                "them to rebuild the eager model. Put the file back or re-export."
-            )
-        if sha256(path) != weights["sha256"]:
-            raise UsageError(f"Weights {str(path)!r} changed since export (sha256 differs); re-export the artifact.")
+    path = recorded_weights(src.get("weights"), weights, search=[])
     model = create_model(
         src["model"],
         num_classes=src["num_classes"],

@@ -43,7 +43,9 @@ def manifest_for(
     spec, options = job.spec, job.options
     weights_entry = None
     if weights is not None:
-        weights_entry = {"path": str(Path(weights).resolve()), "sha256": sha256(Path(weights))}
+        # By name and hash, never by path: the manifest carries nothing of the exporting machine, and
+        # `lightdeploy parity DIR --weights FILE` finds the file wherever it is now.
+        weights_entry = {"file": Path(weights).name, "sha256": sha256(Path(weights))}
     classes = num_classes or spec.num_classes
     pre = job.preprocessing()
     pre["size_multiple"] = spec.stride

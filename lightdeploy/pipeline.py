@@ -8,6 +8,7 @@ is built in a temporary folder and renamed into place (docs/design.md#artifact).
 from __future__ import annotations
 
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,11 @@ class ExportOutcome:
     folder: Path
     manifest: dict
     report: object | None  # ParityReport, or None with --no-parity
+
+    @property
+    def notes(self) -> list[str]:
+        """The manifest's notes with ``{artifact}`` (kept as a placeholder: no path in the manifest) filled in."""
+        return [n.replace("{artifact}", str(self.folder)) for n in self.manifest.get("notes", [])]
 
 
 def artifact_name(model: str, target: str, precision: str) -> str:
@@ -52,7 +58,7 @@ def export(
     progress: Callable[[str], None] = lambda msg: None,
 ) -> ExportOutcome:
     """Export one model to one target and gate it; raise ParityError (artifact kept) on a mismatch."""
-    from lightdeploy.artifact import check_writable, commit, staging_folder, write_manifest
+    from lightdeploy.artifact import check_writable, commit_verdict, staging_folder, write_export_log, write_manifest
     from lightdeploy.factory import DEFAULT_SEED, create_model
     from lightdeploy.models.registry import get_spec
 
@@ -85,7 +91,9 @@ def export(
         images = images_from_dir(images_dir)
 
     progress(f"building {model_name}")
+    clock = {"start": time.perf_counter()}
     model = create_model(model_name, num_classes=num_classes, weights=weights, input_size=size)
+    clock["model"] = time.perf_counter()
     options = ExportOptions(
         target=target,
         precision=precision,
@@ -103,7 +111,7 @@ def export(
     with staging_folder(final) as tmp:
         progress(f"exporting to {target} ({precision})")
         result = exporter.export(job, tmp)
-        result.info["notes"] = [n.replace("{artifact}", str(final)) for n in result.info.get("notes", [])]
+        clock["export"] = time.perf_counter()
         manifest = write_manifest(
             tmp, manifest_for(job, result, num_classes=num_classes, weights=weights, seed=DEFAULT_SEED)
         )
@@ -113,10 +121,24 @@ def export(
             report = gate(tmp, manifest, job.model, exporter, result, images, progress)
             report.artifact = final.name
             manifest = write_manifest(tmp, {**manifest, "parity": report.as_dict()})
-        commit(tmp, final)
-    if report is not None and not report.passed:
-        raise ParityError(report.summary() + f". The artifact is kept at {final} for inspection.")
+        clock["parity"] = time.perf_counter()
+        write_export_log(tmp, _steps(clock), {"exporter": result.log})
+        passed = report is None or report.passed
+        where = commit_verdict(tmp, final, passed)
+    if not passed:
+        kept = f"{final} is unchanged" if final.exists() else f"nothing was written at {final}"
+        raise ParityError(
+            report.summary() + f". The failed artifact is kept at {where} with its report for inspection; {kept}.",
+            folder=where,
+        )
     return ExportOutcome(final, manifest, report)
+
+
+def _steps(clock: dict[str, float]) -> dict[str, float]:
+    """Seconds per step from the clock readings (model, export, parity), and the total."""
+    names = [k for k in clock if k != "start"]
+    marks = [clock["start"]] + [clock[k] for k in names]
+    return {**{k: b - a for k, a, b in zip(names, marks, marks[1:])}, "total": marks[-1] - marks[0]}
 
 
 def gate(
@@ -152,12 +174,24 @@ def _gate_float_twin(result: ExportResult, manifest: dict, model, images, estima
         return run_parity(folder, model=model, images=images, estimator=estimator)
 
 
-def parity(folder: str | Path, *, images=None, threads: int | None = None, model=None):
+def parity(folder: str | Path, *, images=None, threads: int | None = None, model=None, weights=None):
     """Re-run the gate on an exported artifact: eager is rebuilt from its manifest unless given, and a
-    backend that cannot run here is judged by its exporter's estimator."""
+    backend that cannot run here is judged by its exporter's estimator.
+
+    ``weights``: the weights file the artifact was exported from, checked against the sha256 its
+    manifest records; without it the recorded file name is looked up beside the artifact and in the
+    current folder.
+    """
     from lightdeploy.parity import run_parity
     from lightdeploy.runtimes.manifest import read_manifest
 
+    folder = Path(folder)
     manifest = read_manifest(folder, verify=True)
     exporter = exporter_for_backend(manifest["backend"])
+    if model is None:
+        from lightdeploy.factory import eager_from_manifest
+        from lightdeploy.weights import recorded_weights
+
+        found = recorded_weights(manifest["source"].get("weights"), weights, search=[folder.parent, Path.cwd()])
+        model = eager_from_manifest(manifest, weights=found)
     return run_parity(folder, model=model, images=images, threads=threads, estimator=exporter.estimator)

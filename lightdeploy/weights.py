@@ -101,3 +101,44 @@ def _num_classes_hint(state: dict, expected: dict) -> str | None:
                     f"The file's classifier has {state[key].shape[0]} classes: add --num-classes {state[key].shape[0]}."
                 )
     return None
+
+
+def recorded_weights(entry: dict | None, given: str | Path | None, search: list[Path]) -> Path | None:
+    """The weights file an artifact was exported from, by the name and sha256 its manifest records.
+
+    ``given`` (``--weights``) must have that sha256; without it the recorded name is looked up in the
+    ``search`` folders (beside the artifact, the current folder).  Manifests record no path: they are
+    the same on every machine (docs/design.md#artifact).  None when the artifact used random weights.
+    """
+    from lightdeploy.runtimes.manifest import sha256
+
+    if not entry:
+        if given is not None:
+            raise UsageError(
+                "This artifact was exported from seeded random weights, not from a weights file; run parity "
+                "without --weights."
+            )
+        return None
+    name = entry.get("file") or Path(entry.get("path", "")).name  # "path": manifests before names-only
+    expected = entry["sha256"]
+    if given is not None:
+        path = Path(given)
+        if not path.is_file():
+            raise UsageError(f"Weights file {str(path)!r} does not exist. Check the path given to --weights.")
+        actual = sha256(path)
+        if actual != expected:
+            raise UsageError(
+                f"Refused weights {str(path)!r}: their sha256 is {actual[:12]}..., the artifact was exported from "
+                f"{name} with sha256 {expected[:12]}.... Parity against other weights would judge another model; "
+                "give the file the artifact was exported from."
+            )
+        return path
+    for folder in search:
+        path = folder / name
+        if path.is_file() and sha256(path) == expected:
+            return path
+    where = f", not found in {', '.join(str(f) for f in search)}" if search else ""
+    raise UsageError(
+        f"This artifact was exported from weights {name} (sha256 {expected[:12]}...){where}; parity rebuilds "
+        "the eager model from them. Give the file with --weights FILE."
+    )

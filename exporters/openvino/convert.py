@@ -67,19 +67,22 @@ class OpenVinoExporter:
             },
         }
         float_model = model.clone() if precision != "fp32" else None  # NNCF may rewrite in place
+        log = {}
         if precision == "int8":
             from lightdeploy.exporters.openvino.quantize import quantize_int8
 
+            t1 = time.perf_counter()
             model, info["int8"] = quantize_int8(model, job)
+            log["quantize_seconds"] = round(time.perf_counter() - t1, 2)
         # FP16 weights only when asked: OpenVINO's save_model compresses to FP16 by default.
         ov.save_model(model, str(workdir / IR_FILE), compress_to_fp16=precision == "fp16")
         info["openvino"].update(
             {
                 "weights": WEIGHTS_KIND[precision],
                 "ops": len(model.get_ordered_ops()),
-                "convert_seconds": round(time.perf_counter() - t0, 2),
             }
         )
+        log["convert_seconds"] = round(time.perf_counter() - t0, 2)
         twin = None
         if float_model is not None:
 
@@ -87,4 +90,4 @@ class OpenVinoExporter:
                 ov.save_model(float_model, str(folder / IR_FILE), compress_to_fp16=False)
                 return IR_FILE
 
-        return ExportResult(self.backend, IR_FILE, inputs, outputs, info, float_twin=twin)
+        return ExportResult(self.backend, IR_FILE, inputs, outputs, info, log=log, float_twin=twin)

@@ -351,6 +351,32 @@ def build(
         raise typer.Exit(1)
 
 
+# ------------------------------------------------------------------------------------------- triton
+@app.command()
+@_handle_errors
+def triton(
+    artifacts: list[Path] = typer.Argument(..., metavar="ARTIFACT_DIR..."),
+    repo: Path = typer.Option(..., "--repo", help="The Triton model repository to write (one folder per artifact)."),
+    instances: int = typer.Option(1, "--instances", help="Model instances (instance_group count)."),
+    max_batch: int | None = typer.Option(
+        None, "--max-batch", help="max_batch_size for dynamic-batch artifacts (default 8; TensorRT: its profile)."
+    ),
+    mode: str = typer.Option("latency", "--mode", help="OpenVINO's performance hint: latency or throughput."),
+    allow_unverified: bool = typer.Option(
+        False, "--allow-unverified", help="Include artifacts whose parity gate failed or never ran."
+    ),
+):
+    """Write a Triton Inference Server model repository from ONNX, OpenVINO and TensorRT engine artifacts."""
+    from lightdeploy.triton import write_repository
+
+    written = write_repository(
+        artifacts, repo, instances=instances, max_batch=max_batch, mode=mode, allow_unverified=allow_unverified
+    )
+    for folder in written:
+        console.print(f"{folder}/config.pbtxt", highlight=False)
+    console.print(f"serve it: docker run ... tritonserver --model-repository={repo} (docs/triton.md)", highlight=False)
+
+
 def main() -> None:
     app()
 

@@ -60,31 +60,32 @@ def test_tflite_exports_are_byte_identical(tmp_path):
     assert_identical(first, second, tmp_path)
 
 
-def test_weights_are_recorded_by_name_and_found_by_parity(tmp_path):
+def test_weights_are_recorded_by_name_and_found_by_parity(tmp_path, monkeypatch):
     import torch
 
     from lightdeploy import create_model
+    from lightdeploy.errors import UsageError
+    from lightdeploy.pipeline import export, parity
     from lightdeploy.runtimes.manifest import sha256
 
     weights = tmp_path / "mine" / "w.pt"
     weights.parent.mkdir()
     torch.save(create_model(MODEL, input_size=(64, 64)).state_dict(), weights)
     out = tmp_path / "out"
-    r = run_cli("export", MODEL, "--to", "onnx", "--input-size", *SIZE, "--weights", str(weights), "--out", str(out))
-    assert r.returncode == 0, r.stderr[-2000:]
-    art = out / f"{MODEL}-onnx-fp32"
+    art = export(MODEL, "onnx", input_size=(64, 64), weights=weights, out=out).folder
     manifest = json.loads((art / "manifest.json").read_text())
     assert manifest["source"]["weights"] == {"file": "w.pt", "sha256": sha256(weights)}
     assert str(tmp_path) not in (art / "manifest.json").read_text()
 
-    r = run_cli("parity", str(art), "--quiet", cwd=tmp_path)  # not beside the artifact, not in the cwd
-    assert r.returncode == 2 and "w.pt" in r.stderr and "--weights FILE" in r.stderr
+    monkeypatch.chdir(tmp_path)  # the file is neither beside the artifact nor in the current folder
+    with pytest.raises(UsageError, match=r"weights w\.pt .* Give the file with --weights FILE"):
+        parity(art)
     other = tmp_path / "other.pt"
     torch.save(create_model(MODEL, input_size=(64, 64), calibrate_bn=False, seed=1).state_dict(), other)
-    r = run_cli("parity", str(art), "--weights", str(other), "--quiet")
-    assert r.returncode == 2 and "Refused weights" in r.stderr and "sha256" in r.stderr
-    r = run_cli("parity", str(art), "--weights", str(weights), "--quiet")
-    assert r.returncode == 0 and "parity PASSED" in r.stdout, r.stderr[-2000:]
+    with pytest.raises(UsageError, match="Refused weights .* sha256"):
+        parity(art, weights=other)
+    assert parity(art, weights=weights).passed
     shutil.copyfile(weights, out / "w.pt")  # beside the artifact: found by its recorded name
-    r = run_cli("parity", str(art), "--quiet")
-    assert r.returncode == 0 and "parity PASSED" in r.stdout, r.stderr[-2000:]
+    assert parity(art).passed
+    r = run_cli("parity", str(art), "--weights", str(other), "--quiet")  # the CLI: exit 2, no traceback
+    assert r.returncode == 2 and "Refused weights" in r.stderr and "Traceback" not in r.stderr

@@ -119,8 +119,11 @@ class OnnxRuntimeBackend(RuntimeBase):
         )
 
     def _run_impl(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        session = self._session  # one read: close() may drop it while this call runs
+        if session is None:
+            raise UsageError(f"This {self.backend} runtime is closed; load the artifact again to run it.")
         names = [o.name for o in self.outputs]
-        return dict(zip(names, self._session.run(names, feeds)))
+        return dict(zip(names, session.run(names, feeds)))
 
     def _close_impl(self) -> None:
         self._session = None

@@ -71,6 +71,9 @@ class ExportResult:
     inputs: list[dict]
     outputs: list[dict]
     info: dict = field(default_factory=dict)  # facts for the manifest; info["notes"] are shown to the user
+    # Timings and cache hits: they differ between two exports of the same model, so they go to the
+    # unhashed export_log.json, never into the manifest (docs/design.md#artifact).
+    log: dict = field(default_factory=dict)
     # For an fp16 / int8 artifact: writes the same graph before the precision was reduced (same
     # converter, same rewrites) into the folder it is given and returns the file the backend opens.
     # The pipeline gates that float graph at the fp32 row as well: the reduced-precision row alone

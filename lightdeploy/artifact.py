@@ -1,20 +1,28 @@
 """Writing artifact folders atomically: built in a temporary sibling folder, renamed into place.
 
-An existing artifact of the same name is replaced only once the new one is complete; on any error
-the temporary folder is removed and nothing half-written is left behind.
+An existing artifact of the same name is replaced only once the new one is complete and its gate
+passed; on any error the temporary folder is removed and nothing half-written is left behind.  An
+artifact whose gate failed never replaces a good one: it is kept beside it as ``NAME.failed/`` with
+its report (``commit_verdict``).  Timings and host facts go to ``export_log.json`` beside the
+manifest, unhashed, so the manifest of two exports of the same model is byte-identical.
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime
 import json
 import os
+import platform
 import shutil
 import tempfile
 from pathlib import Path
 
 from lightdeploy.errors import UsageError
-from lightdeploy.runtimes.manifest import MANIFEST, SCHEMA_VERSION, file_hashes
+from lightdeploy.runtimes.manifest import EXPORT_LOG, MANIFEST, SCHEMA_VERSION, file_hashes
+from lightdeploy.versions import __version__
+
+FAILED_SUFFIX = ".failed"
 
 
 def check_writable(out_dir: Path) -> None:
@@ -51,6 +59,54 @@ def write_manifest(folder: Path, manifest: dict) -> dict:
     tmp.write_text(json.dumps(manifest, indent=2, default=str))
     os.replace(tmp, folder / MANIFEST)
     return manifest
+
+
+def host_facts() -> dict:
+    """What the export ran on (for export_log.json; no host name, user or path)."""
+    cpu = platform.processor()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return {
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+    }
+
+
+def write_export_log(folder: Path, seconds: dict, details: dict | None = None) -> None:
+    """``export_log.json``: when, on what, and how long each step took (never hashed or verified)."""
+    log = {
+        "lightdeploy_version": __version__,
+        "finished_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "host": host_facts(),
+        "seconds": {k: round(v, 2) for k, v in seconds.items()},
+        **(details or {}),
+    }
+    (folder / EXPORT_LOG).write_text(json.dumps(log, indent=2, default=str))
+
+
+def failed_path(final: Path) -> Path:
+    """Where an artifact whose gate failed is kept: ``NAME.failed`` beside ``NAME``."""
+    return final.with_name(final.name + FAILED_SUFFIX)
+
+
+def commit_verdict(tmp: Path, final: Path, passed: bool) -> Path:
+    """Commit ``tmp`` as ``final`` when its gate passed (a stale ``NAME.failed`` is removed), else as
+    ``NAME.failed`` beside it, leaving ``final`` (a good artifact, or nothing) untouched.  Returns
+    where the artifact now is."""
+    failed = failed_path(final)
+    if not passed:
+        commit(tmp, failed)
+        return failed
+    commit(tmp, final)
+    if failed.exists():  # the report of an earlier failed attempt no longer describes this artifact
+        shutil.rmtree(failed, ignore_errors=True)
+    return final
 
 
 def commit(tmp: Path, final: Path) -> None:

@@ -50,9 +50,16 @@ def concrete_shape(manifest: dict) -> list[int]:
 
 
 def bench(
-    subjects: list[str], *, runs: int = 50, warmup: int = 10, threads: int = 2, progress=lambda msg: None
+    subjects: list[str],
+    *,
+    runs: int = 50,
+    warmup: int = 10,
+    threads: int = 2,
+    progress=lambda msg: None,
+    allow_unverified: bool = False,
 ) -> list[BenchRow]:
-    """``subjects``: model names and/or artifact folders.  Eager is timed once per model."""
+    """``subjects``: model names and/or artifact folders.  Eager is timed once per model.
+    ``allow_unverified``: time artifacts whose parity gate failed or never ran too."""
     import torch
 
     from lightdeploy.factory import create_model, eager_from_manifest
@@ -87,7 +94,7 @@ def bench(
                 manifest["model"], size, shape[0], functools.partial(eager_from_manifest, manifest, calibrate_bn=False)
             )
             progress(f"timing {path.name}")
-            runtime = open_runtime(path, manifest, threads=threads)
+            runtime = open_runtime(path, manifest, threads=threads, allow_unverified=allow_unverified)
             feed = {manifest["inputs"][0]["name"]: np.random.default_rng(0).standard_normal(shape).astype(np.float32)}
             med, p90 = time_fn(functools.partial(runtime.run, feed), warmup, runs)
             ref = eager_ms[(manifest["model"], size, shape[0])]
@@ -158,7 +165,7 @@ def export_for_bench(
     An export that fails otherwise (a ``LightdeployError``, or one of ``also_catch``) is logged and skipped.
     """
     from lightdeploy.errors import LightdeployError, ParityError
-    from lightdeploy.pipeline import artifact_name, export
+    from lightdeploy.pipeline import export
     from lightdeploy.runtimes.manifest import read_manifest
 
     done = []
@@ -168,8 +175,8 @@ def export_for_bench(
             try:
                 outcome = export(model, target, precision=precision, input_size=size, out=out)
                 folder, report, passed = outcome.folder, outcome.report.as_dict(), True
-            except ParityError as exc:  # the artifact is kept
-                folder = out / artifact_name(model, target, precision)
+            except ParityError as exc:  # the artifact is kept (as NAME.failed)
+                folder = Path(exc.folder)
                 report, passed = read_manifest(folder)["parity"], False
                 log(f"[red]{exc}[/]")
             except (LightdeployError, *also_catch) as exc:

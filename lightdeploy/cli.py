@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from lightdeploy.errors import LightdeployError, UsageError
+from lightdeploy.errors import LightdeployError, MissingDependencyError, UsageError
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -26,13 +26,26 @@ console = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)  # soft wrap: messages stay whole lines when piped
 
 
+# The export side's packages: a runtime-only install (`pip install lightdeploy[onnxruntime]`) lacks them.
+EXPORT_PACKAGES = {"torch", "torchvision", "skimage", "safetensors"}
+
+
 def _handle_errors(fn):
     """Turn LightdeployError into its message and exit code; anything else is a bug and shows a traceback."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
-            return fn(*args, **kwargs)
+            try:
+                return fn(*args, **kwargs)
+            except ModuleNotFoundError as exc:
+                if (exc.name or "").split(".")[0] not in EXPORT_PACKAGES:
+                    raise
+                raise MissingDependencyError(
+                    f"`lightdeploy {fn.__name__.removesuffix('_cmd')}` needs PyTorch and the export tools "
+                    f"({exc.name!r} is not installed): this install runs artifacts only. Install the export side "
+                    "with: pip install 'lightdeploy[export,onnx]' (or '.[cpu]' for every CPU target)."
+                ) from None
         except LightdeployError as exc:
             err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
             raise typer.Exit(exc.exit_code) from None
@@ -221,7 +234,7 @@ def _print_outcome(outcome, quiet: bool) -> None:
         console.print(render_table(outcome.report))
     status = outcome.report.summary() if outcome.report is not None else "parity NOT RUN (--no-parity)"
     console.print(f"[bold]{outcome.folder}[/]: {status}", highlight=False)
-    for note in outcome.manifest.get("notes", []):
+    for note in outcome.notes:
         console.print(f"  note: {note}", highlight=False)
 
 
@@ -234,6 +247,9 @@ def parity(
     json_out: Path | None = typer.Option(None, "--json", help="Write the reports as JSON."),
     junit: Path | None = typer.Option(None, "--junit", help="Write the reports as JUnit XML."),
     threads: int | None = typer.Option(None, "--threads"),
+    weights: Path | None = typer.Option(
+        None, "--weights", help="The weights file the artifact was exported from (checked by its sha256)."
+    ),
     quiet: bool = typer.Option(False, "--quiet"),
 ):
     """Re-run the parity gate on exported artifacts (eager is rebuilt from each manifest)."""
@@ -246,7 +262,7 @@ def parity(
     reports = []
     for folder in artifacts:
         _progress(quiet)(f"parity of {folder}")
-        report = run_gate(folder, images=imgs, threads=threads)
+        report = run_gate(folder, images=imgs, threads=threads, weights=weights)
         reports.append(report)
         if not quiet:
             console.print(render_table(report))
@@ -267,13 +283,21 @@ def predict(
     images: list[Path] = typer.Argument(..., metavar="IMAGE..."),
     out: Path = typer.Option(Path("predictions"), "--out"),
     threads: int | None = typer.Option(None, "--threads"),
+    device: str | None = typer.Option(
+        None, "--device", help="OpenVINO device (CPU, GPU, NPU, AUTO) or ONNX Runtime providers in order (cuda,cpu)."
+    ),
+    allow_unverified: bool = typer.Option(
+        False, "--allow-unverified", help="Run an artifact whose parity gate failed or never ran."
+    ),
 ):
     """Run an artifact on images and write each result drawn on its image as a PNG."""
     from lightdeploy import runtimes
     from lightdeploy.draw import DRAWERS
     from lightdeploy.runtimes.preprocess import load_image
 
-    model = runtimes.load(artifact, threads=threads)
+    model = runtimes.load(artifact, threads=threads, device=device, allow_unverified=allow_unverified)
+    if model.info["verdict"].startswith("UNVERIFIED"):
+        err.print(f"[bold yellow]warning:[/] {escape(model.info['verdict'])}", highlight=False)
     out.mkdir(parents=True, exist_ok=True)
     for image in images:
         rgb = load_image(image)
@@ -295,6 +319,9 @@ def bench(
     threads: int = typer.Option(2, "--threads"),
     json_out: Path | None = typer.Option(None, "--json"),
     plot: Path | None = typer.Option(None, "--plot", help="Write a bar chart PNG."),
+    allow_unverified: bool = typer.Option(
+        False, "--allow-unverified", help="Time artifacts whose parity gate failed or never ran too."
+    ),
     quiet: bool = typer.Option(False, "--quiet"),
 ):
     """Batch latency (median, p90) of eager PyTorch and each artifact, with ratios to eager."""
@@ -302,7 +329,14 @@ def bench(
 
     if runs < 1 or warmup < 0 or threads < 1:
         raise UsageError("--runs and --threads must be at least 1, --warmup at least 0.")
-    rows = benchmod.bench(subjects, runs=runs, warmup=warmup, threads=threads, progress=_progress(quiet))
+    rows = benchmod.bench(
+        subjects,
+        runs=runs,
+        warmup=warmup,
+        threads=threads,
+        progress=_progress(quiet),
+        allow_unverified=allow_unverified,
+    )
     console.print(benchmod.render_table(rows))
     if json_out:
         benchmod.write_json(rows, json_out)
@@ -372,14 +406,20 @@ def build(
     artifact: Path = typer.Argument(..., metavar="ARTIFACT_DIR"),
     no_parity: bool = typer.Option(False, "--no-parity"),
     images: Path | None = typer.Option(None, "--images"),
+    weights: Path | None = typer.Option(None, "--weights", help="The weights file the plan was exported from."),
     quiet: bool = typer.Option(False, "--quiet"),
 ):
-    """Build the TensorRT engine of a build plan (on the GPU machine), then run the parity gate on it."""
+    """Build the TensorRT engine of a build plan (on the GPU machine), then run the parity gate on it.
+    An engine that fails its gate is kept as ARTIFACT_DIR.failed; the plan stays in place."""
     from lightdeploy.build import build as build_engine
     from lightdeploy.parity.report import render_table
 
     report = build_engine(
-        artifact, parity=not no_parity, images_dir=str(images) if images else None, progress=_progress(quiet)
+        artifact,
+        parity=not no_parity,
+        images_dir=str(images) if images else None,
+        weights=weights,
+        progress=_progress(quiet),
     )
     if report is None:
         console.print(f"[bold]{artifact}[/]: engine built; parity NOT RUN (--no-parity)", highlight=False)
@@ -389,6 +429,32 @@ def build(
     console.print(f"[bold]{artifact}[/]: {report.summary()}", highlight=False)
     if not report.passed:
         raise typer.Exit(1)
+
+
+# ------------------------------------------------------------------------------------------- triton
+@app.command()
+@_handle_errors
+def triton(
+    artifacts: list[Path] = typer.Argument(..., metavar="ARTIFACT_DIR..."),
+    repo: Path = typer.Option(..., "--repo", help="The Triton model repository to write (one folder per artifact)."),
+    instances: int = typer.Option(1, "--instances", help="Model instances (instance_group count)."),
+    max_batch: int | None = typer.Option(
+        None, "--max-batch", help="max_batch_size for dynamic-batch artifacts (default 8; TensorRT: its profile)."
+    ),
+    mode: str = typer.Option("latency", "--mode", help="OpenVINO's performance hint: latency or throughput."),
+    allow_unverified: bool = typer.Option(
+        False, "--allow-unverified", help="Include artifacts whose parity gate failed or never ran."
+    ),
+):
+    """Write a Triton Inference Server model repository from ONNX, OpenVINO and TensorRT engine artifacts."""
+    from lightdeploy.triton import write_repository
+
+    written = write_repository(
+        artifacts, repo, instances=instances, max_batch=max_batch, mode=mode, allow_unverified=allow_unverified
+    )
+    for folder in written:
+        console.print(f"{folder}/config.pbtxt", highlight=False)
+    console.print(f"serve it: docker run ... tritonserver --model-repository={repo} (docs/triton.md)", highlight=False)
 
 
 def main() -> None:

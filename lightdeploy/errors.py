@@ -23,9 +23,14 @@ class UsageError(LightdeployError):
 
 
 class ParityError(LightdeployError):
-    """The artifact does not match eager PyTorch within the tolerance table.  The artifact is kept."""
+    """The artifact does not match eager PyTorch within the tolerance table.  The artifact is kept
+    (``folder``: where, e.g. ``NAME.failed`` beside a good artifact it did not replace)."""
 
     exit_code = 1
+
+    def __init__(self, message: str, folder=None):
+        super().__init__(message)
+        self.folder = folder
 
 
 class MissingDependencyError(LightdeployError):

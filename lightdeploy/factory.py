@@ -124,17 +124,19 @@ def reestimate_bn(model: nn.Module, spec: ModelSpec, input_size: tuple[int, int]
     model.eval()
 
 
-def eager_from_manifest(manifest: dict, *, calibrate_bn: bool = True) -> nn.Module:
-    """Rebuild the eager model an artifact was exported from (``lightdeploy parity DIR``, bench), as it
-    was exported: a registered model by name, your own model from its recorded factory
-    (``usermodel.rebuild``).  ``calibrate_bn=False`` skips BN re-estimation (timing needs no values)."""
-    from lightdeploy.weights import weights_from_entry
+def eager_from_manifest(manifest: dict, weights: str | Path | None = None, *, calibrate_bn: bool = True) -> nn.Module:
+    """Rebuild the eager model an artifact was exported from (``lightdeploy parity DIR``, bench, eval), as
+    it was exported: a registered model by name, your own model from its recorded factory
+    (``usermodel.rebuild``).  ``weights``: the file the manifest's weights entry names
+    (``weights.recorded_weights`` checks its sha256); required when the artifact was exported from a
+    weights file.  ``calibrate_bn=False`` skips BN re-estimation (timing needs no values)."""
+    from lightdeploy.weights import recorded_weights
 
     src = manifest["source"]
     if src.get("kind", "registry") != "registry":
         from lightdeploy.usermodel import rebuild
 
-        return rebuild(src)
+        return rebuild(src, weights)
     recorded = src.get("weights")
     if recorded and "named" in recorded and get_spec(src["model"]).pretrained.sha256 != recorded["sha256"]:
         from lightdeploy.errors import UsageError
@@ -143,7 +145,8 @@ def eager_from_manifest(manifest: dict, *, calibrate_bn: bool = True) -> nn.Modu
             f"The artifact was exported from {recorded['named']} with sha256 {recorded['sha256'][:12]}..., "
             "which this lightdeploy no longer ships; re-export the artifact."
         )
-    path, key = weights_from_entry(recorded) if recorded and "named" not in recorded else (None, None)
+    path = recorded_weights(recorded, weights, search=[])
+    key = (recorded or {}).get("key")
     model = create_model(
         src["model"],
         num_classes=src["num_classes"],

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,11 @@ class ExportOutcome:
     folder: Path
     manifest: dict
     report: object | None  # ParityReport, or None with --no-parity
+
+    @property
+    def notes(self) -> list[str]:
+        """The manifest's notes with ``{artifact}`` (kept as a placeholder: no path in the manifest) filled in."""
+        return [n.replace("{artifact}", str(self.folder)) for n in self.manifest.get("notes", [])]
 
 
 def artifact_name(model: str, target: str, precision: str) -> str:
@@ -75,7 +81,7 @@ def export(
     own model checked by ``usermodel`` (``export_module``, ``lightdeploy export pkg.module:factory``),
     which comes with its weights and class count.
     """
-    from lightdeploy.artifact import check_writable, commit, staging_folder, write_manifest
+    from lightdeploy.artifact import check_writable, commit_verdict, staging_folder, write_export_log, write_manifest
     from lightdeploy.factory import DEFAULT_SEED, create_model
     from lightdeploy.models.registry import get_spec
 
@@ -107,6 +113,7 @@ def export(
         images = images_from_dir(images_dir)
 
     progress(f"building {spec.name}")
+    clock = {"start": time.perf_counter()}
     if user:
         eager, source = user.deployable(), user.source
     else:
@@ -114,6 +121,7 @@ def export(
         source = registry_source(
             spec, num_classes=num_classes, input_size=size, weights=weights, weights_key=weights_key, seed=DEFAULT_SEED
         )
+    clock["model"] = time.perf_counter()
     options = ExportOptions(
         target=target,
         precision=precision,
@@ -131,8 +139,8 @@ def export(
     with staging_folder(final) as tmp:
         progress(f"exporting to {target} ({precision})")
         result = exporter.export(job, tmp)
-        notes = [n.replace("{artifact}", str(final)) for n in result.info.get("notes", [])]
-        result.info["notes"] = notes + calibration_warnings(result.info)
+        clock["export"] = time.perf_counter()
+        result.info["notes"] = result.info.get("notes", []) + calibration_warnings(result.info)
         manifest = write_manifest(tmp, manifest_for(job, result, source=source, num_classes=num_classes))
         report = None
         if parity:
@@ -140,9 +148,16 @@ def export(
             report = gate(tmp, manifest, job.model, exporter, result, images, progress)
             report.artifact = final.name
             manifest = write_manifest(tmp, {**manifest, "parity": report.as_dict()})
-        commit(tmp, final)
-    if report is not None and not report.passed:
-        raise ParityError(report.summary() + f". The artifact is kept at {final} for inspection.")
+        clock["parity"] = time.perf_counter()
+        write_export_log(tmp, _steps(clock), {"exporter": result.log})
+        passed = report is None or report.passed
+        where = commit_verdict(tmp, final, passed)
+    if not passed:
+        kept = f"{final} is unchanged" if final.exists() else f"nothing was written at {final}"
+        raise ParityError(
+            report.summary() + f". The failed artifact is kept at {where} with its report for inspection; {kept}.",
+            folder=where,
+        )
     return ExportOutcome(final, manifest, report)
 
 
@@ -253,6 +268,13 @@ def calibration_warnings(info: dict) -> list[str]:
     return found
 
 
+def _steps(clock: dict[str, float]) -> dict[str, float]:
+    """Seconds per step from the clock readings (model, export, parity), and the total."""
+    names = [k for k in clock if k != "start"]
+    marks = [clock["start"]] + [clock[k] for k in names]
+    return {**{k: b - a for k, a, b in zip(names, marks, marks[1:])}, "total": marks[-1] - marks[0]}
+
+
 def gate(
     folder: Path,
     manifest: dict,
@@ -286,12 +308,24 @@ def _gate_float_twin(result: ExportResult, manifest: dict, model, images, estima
         return run_parity(folder, model=model, images=images, estimator=estimator)
 
 
-def parity(folder: str | Path, *, images=None, threads: int | None = None, model=None):
+def parity(folder: str | Path, *, images=None, threads: int | None = None, model=None, weights=None):
     """Re-run the gate on an exported artifact: eager is rebuilt from its manifest unless given, and a
-    backend that cannot run here is judged by its exporter's estimator."""
+    backend that cannot run here is judged by its exporter's estimator.
+
+    ``weights``: the weights file the artifact was exported from, checked against the sha256 its
+    manifest records; without it the recorded file name is looked up beside the artifact and in the
+    current folder.
+    """
     from lightdeploy.parity import run_parity
     from lightdeploy.runtimes.manifest import read_manifest
 
+    folder = Path(folder)
     manifest = read_manifest(folder, verify=True)
     exporter = exporter_for_backend(manifest["backend"])
+    if model is None:
+        from lightdeploy.factory import eager_from_manifest
+        from lightdeploy.weights import recorded_weights
+
+        found = recorded_weights(manifest["source"].get("weights"), weights, search=[folder.parent, Path.cwd()])
+        model = eager_from_manifest(manifest, weights=found)
     return run_parity(folder, model=model, images=images, threads=threads, estimator=exporter.estimator)

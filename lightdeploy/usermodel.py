@@ -167,10 +167,11 @@ def from_factory(
     )
 
 
-def rebuild(source: dict) -> nn.Module:
+def rebuild(source: dict, weights: str | Path | None = None) -> nn.Module:
     """The eager model of an artifact exported from your own model (``lightdeploy parity DIR``, bench):
-    the recorded factory called again, the recorded weights loaded, the state dict checked."""
-    from lightdeploy.weights import load_weights, weights_from_entry
+    the recorded factory called again, the recorded weights (``weights``, or found by name in the current
+    folder) loaded, the state dict checked."""
+    from lightdeploy.weights import load_weights, recorded_weights
 
     ref = source.get("factory")
     if not ref:
@@ -189,8 +190,8 @@ def rebuild(source: dict) -> nn.Module:
     kwargs = {k: tuple(v) if k == "input_size" else v for k, v in source.get("factory_kwargs", {}).items()}
     module = references.call(fn, ref, kwargs, seed=source.get("seed") or references.FACTORY_SEED)
     if source.get("weights"):
-        path, key = weights_from_entry(source["weights"])
-        load_weights(module, path, ref, key)
+        path = recorded_weights(source["weights"], weights, search=[Path.cwd()])
+        load_weights(module, path, ref, source["weights"].get("key"))
     digest = state_dict_sha256(module)
     if digest != source["state_dict_sha256"]:
         raise UsageError(

@@ -145,25 +145,55 @@ def _num_classes_hint(state: dict, expected: dict) -> str | None:
 
 # ------------------------------------------------------------------------------ the manifest's entry
 def weights_entry(path: str | Path, key: str | None = None) -> dict:
-    """How an artifact's manifest records the weights file it was exported from."""
+    """How an artifact's manifest records the weights file it was exported from: by file name and sha256,
+    never by path, so the manifest carries nothing of the exporting machine (``recorded_weights`` finds
+    the file again)."""
     from lightdeploy.runtimes.manifest import sha256
 
-    entry = {"path": str(Path(path).resolve()), "sha256": sha256(Path(path))}
+    entry = {"file": Path(path).name, "sha256": sha256(Path(path))}
     if key is not None:
         entry["key"] = key
     return entry
 
 
-def weights_from_entry(entry: dict) -> tuple[Path, str | None]:
-    """(path, key) of a recorded weights file, checked to be the same file as at export."""
+def recorded_weights(entry: dict | None, given: str | Path | None, search: list[Path]) -> Path | None:
+    """The weights file an artifact was exported from, by the name and sha256 its manifest records.
+
+    ``given`` (``--weights``) must have that sha256; without it the recorded name is looked up in the
+    ``search`` folders (beside the artifact, the current folder).  Manifests record no path: they are
+    the same on every machine (docs/design.md#artifact).  None when the artifact used random weights.
+    """
     from lightdeploy.runtimes.manifest import sha256
 
-    path = Path(entry["path"])
-    if not path.is_file():
-        raise UsageError(
-            f"The artifact was exported from weights {str(path)!r}, which no longer exist; parity needs "
-            "them to rebuild the eager model. Put the file back or re-export."
-        )
-    if sha256(path) != entry["sha256"]:
-        raise UsageError(f"Weights {str(path)!r} changed since export (sha256 differs); re-export the artifact.")
-    return path, entry.get("key")
+    if entry and "named" in entry:
+        return None  # MODEL:TAG weights: create_model finds (and checks) the file by its name
+    if not entry:
+        if given is not None:
+            raise UsageError(
+                "This artifact was exported from seeded random weights, not from a weights file; run parity "
+                "without --weights."
+            )
+        return None
+    name = entry.get("file") or Path(entry.get("path", "")).name  # "path": manifests before names-only
+    expected = entry["sha256"]
+    if given is not None:
+        path = Path(given)
+        if not path.is_file():
+            raise UsageError(f"Weights file {str(path)!r} does not exist. Check the path given to --weights.")
+        actual = sha256(path)
+        if actual != expected:
+            raise UsageError(
+                f"Refused weights {str(path)!r}: their sha256 is {actual[:12]}..., the artifact was exported from "
+                f"{name} with sha256 {expected[:12]}.... Parity against other weights would judge another model; "
+                "give the file the artifact was exported from."
+            )
+        return path
+    for folder in search:
+        path = folder / name
+        if path.is_file() and sha256(path) == expected:
+            return path
+    where = f", not found in {', '.join(str(f) for f in search)}" if search else ""
+    raise UsageError(
+        f"This artifact was exported from weights {name} (sha256 {expected[:12]}...){where}; parity rebuilds "
+        "the eager model from them. Give the file with --weights FILE."
+    )

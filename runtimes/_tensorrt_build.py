@@ -10,7 +10,6 @@ plan artifact is loaded on a GPU machine; so it lives here, torch-free.
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 from lightdeploy.errors import UsageError
@@ -52,11 +51,9 @@ def build_engine(
     cache = config.create_timing_cache(cache_bytes)
     config.set_timing_cache(cache, ignore_mismatch=False)
     progress("building the engine (TensorRT times its kernels; minutes on first build)")
-    start = time.perf_counter()
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise UsageError("TensorRT failed to build the engine (see the TensorRT log above).")
-    seconds = time.perf_counter() - start
     engine_path.write_bytes(bytes(serialized))
     if cache_path is not None:
         cache_path.write_bytes(bytes(config.get_timing_cache().serialize()))
@@ -72,7 +69,6 @@ def build_engine(
         "fp32_layers_not_found": sorted(pinned - {n for n, _ in applied}),
         "timing_cache": cache_path.name if cache_path is not None else None,
         "timing_cache_reused": bool(cache_bytes),
-        "build_seconds": round(seconds, 1),
         "layers": network.num_layers,
     }
 

@@ -1,17 +1,28 @@
-"""The Runtime protocol every backend implements, and the I/O checks they share.
+"""The Runtime protocol every backend implements, the I/O checks they share, and the pool that makes
+them safe to call from many threads.
 
 A backend opens one compiled artifact file and runs it on named numpy arrays.  Public methods
-validate; ``_run_impl`` does the work (Polygraphy's runner layout).  Nothing here imports torch.
+validate; ``_run_impl`` does the work (Polygraphy's runner layout).  Every runtime object may be
+called from many threads at once with results bit-identical to single-threaded calls; each backend
+module's docstring says how (docs/design.md#runtimes).  Nothing here imports torch.
 """
 
 from __future__ import annotations
 
+import contextlib
+import queue
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Generic, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 
 from lightdeploy.errors import UsageError
+
+# "latency": one call at a time gets the whole machine (every thread on one inference).
+# "throughput": many calls at once, each on fewer threads (OpenVINO streams, one-thread interpreters).
+MODES = ("latency", "throughput")
 
 # ONNX element type names (as ONNX Runtime reports them inside "tensor(...)", and as
 # TensorProto.DataType names in lower case) -> the numpy dtype names the manifest uses.
@@ -50,32 +61,72 @@ class TensorSpec:
 
 @runtime_checkable
 class Runtime(Protocol):
-    """One loaded artifact, ready to run."""
+    """One loaded artifact, ready to run from any number of threads."""
 
     backend: str
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
+    info: dict  # backend, device, mode, threads, the concurrency mechanism, the parity verdict
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run once; ``feeds`` maps every input name to an array of its shape and dtype."""
         ...
 
+    def close(self) -> None:
+        """Release the backend's resources; ``run`` raises afterwards."""
+        ...
+
+
+def check_mode(mode: str) -> str:
+    if mode not in MODES:
+        raise UsageError(f"mode must be one of {', '.join(MODES)}; got {mode!r}.")
+    return mode
+
+
+def check_threads(threads: int | None) -> int | None:
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise UsageError(f"threads must be a positive integer; got {threads!r}.")
+    return threads
+
 
 class RuntimeBase:
-    """Shared validation: every backend's ``run`` checks names, shapes and dtypes the same way."""
+    """Shared validation and life cycle: every backend's ``run`` checks names, shapes and dtypes the
+    same way; ``close()`` (or leaving a ``with`` block) releases the backend."""
 
     backend = "base"
+    # How many calls the runtime serves at once without queueing (its pool size); predict_many runs
+    # that many batches concurrently.
+    parallelism = 1
 
-    def __init__(self, inputs: list[TensorSpec], outputs: list[TensorSpec]):
+    def __init__(self, inputs: list[TensorSpec], outputs: list[TensorSpec], info: dict | None = None):
         self.inputs = inputs
         self.outputs = outputs
+        self.info = {"backend": self.backend, **(info or {})}
+        self._closed = False
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self._closed:
+            raise UsageError(f"This {self.backend} runtime is closed; load the artifact again to run it.")
         self._check_feeds(feeds)
         return self._run_impl({k: np.ascontiguousarray(v) for k, v in feeds.items()})
 
     def _run_impl(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         raise NotImplementedError
+
+    def close(self) -> None:
+        """Release the backend (idempotent).  Calls still in flight finish; later calls raise."""
+        if not self._closed:
+            self._closed = True
+            self._close_impl()
+
+    def _close_impl(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def _check_feeds(self, feeds: dict[str, np.ndarray]) -> None:
         names = {t.name for t in self.inputs}
@@ -101,3 +152,67 @@ class RuntimeBase:
                     f"{'x'.join(map(str, arr.shape))}. Use the wrapper's predict(image) to resize, "
                     "or re-export with --input-size / --dynamic-batch."
                 )
+
+
+T = TypeVar("T")
+
+
+class Pool(Generic[T]):
+    """A bounded pool of per-call backend objects (OpenVINO infer requests, LiteRT interpreters,
+    TensorRT execution contexts): a call takes one for itself and gives it back, so no object is ever
+    used by two threads at once.
+
+    Objects are made on demand up to ``size`` (the first one at construction, so a broken file fails
+    at load); a call that finds none free waits for one.  A pool rather than one object per thread:
+    its memory is bounded whatever the number of caller threads, and nothing dies with a thread.
+    """
+
+    def __init__(self, make: Callable[[], T], size: int, destroy: Callable[[T], None] = lambda item: None):
+        if size < 1:
+            raise UsageError(f"a pool needs at least one object; got size {size}.")
+        self._make, self._destroy, self.size = make, destroy, size
+        self._free: queue.LifoQueue[T] = queue.LifoQueue()  # last returned first: its caches are warm
+        self._lock = threading.Lock()
+        self._made: list[T] = []
+        self._closed = False
+        self._free.put(self._new())
+
+    @property
+    def created(self) -> int:
+        return len(self._made)
+
+    def _new(self) -> T:
+        item = self._make()
+        self._made.append(item)
+        return item
+
+    def _get(self) -> T:
+        try:
+            return self._free.get_nowait()
+        except queue.Empty:
+            pass
+        with self._lock:
+            if len(self._made) < self.size:
+                return self._new()
+        return self._free.get()
+
+    @contextlib.contextmanager
+    def take(self):
+        item = self._get()
+        try:
+            yield item
+        finally:
+            if self._closed:
+                self._destroy(item)
+            else:
+                self._free.put(item)
+
+    def close(self) -> None:
+        """Destroy the free objects now; one still in use is destroyed when its call gives it back."""
+        self._closed = True
+        while True:
+            try:
+                self._destroy(self._free.get_nowait())
+            except queue.Empty:
+                break
+        self._made.clear()

@@ -27,8 +27,10 @@ class Classifier(TaskModel):
 
     def predict(self, image, k: int = 5) -> list[Prediction]:
         """Top-``k`` classes of one image (path, PIL image or HxWx3 uint8 array)."""
-        _, x = self.prepare(image)
-        logits = self.infer(x)[self.runtime.outputs[0].name][0].astype(np.float32)
+        return super().predict(image, k=k)
+
+    def _result(self, outputs, index, rgb, k: int = 5) -> list[Prediction]:
+        logits = outputs[self.runtime.outputs[0].name][index].astype(np.float32)
         probs = softmax(logits)
         top = np.argsort(-probs)[:k]
         return [Prediction(int(i), self.class_names[i], float(probs[i])) for i in top]

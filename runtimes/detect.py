@@ -34,18 +34,19 @@ class Detector(TaskModel):
 
     def predict(self, image, min_score: float = 0.0) -> Detections:
         """Detections of one image (path, PIL image or HxWx3 uint8 array), boxes in its pixels."""
-        rgb, x = self.prepare(image)
-        outputs = self.infer(x)
+        return super().predict(image, min_score=min_score)
+
+    def _result(self, outputs, index, rgb, min_score: float = 0.0) -> Detections:
         missing = [n for n in REQUIRED if n not in outputs]
         if missing:
             raise ArtifactError(
                 f"This detector artifact lacks the output(s) {missing}; a detector must end in "
                 f"{', '.join(REQUIRED)} (re-export it with lightdeploy)."
             )
-        n = int(np.asarray(outputs["num_detections"]).reshape(-1)[0])
-        boxes = np.asarray(outputs["boxes"][0][:n], np.float32)
-        scores = np.asarray(outputs["scores"][0][:n], np.float32)
-        labels = np.asarray(outputs["labels"][0][:n]).astype(np.int64)
+        n = int(np.asarray(outputs["num_detections"]).reshape(-1)[index])
+        boxes = np.asarray(outputs["boxes"][index][:n], np.float32)
+        scores = np.asarray(outputs["scores"][index][:n], np.float32)
+        labels = np.asarray(outputs["labels"][index][:n]).astype(np.int64)
         keep = scores >= min_score
         boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
         in_h, in_w = self.preprocessing["size"]

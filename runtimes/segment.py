@@ -20,11 +20,12 @@ class Segmenter(TaskModel):
 
     def predict(self, image) -> Segmentation:
         """Class mask of one image (path, PIL image or HxWx3 uint8 array), at the image's size."""
+        return super().predict(image)
+
+    def _result(self, outputs, index, rgb) -> Segmentation:
         from PIL import Image
 
-        rgb, x = self.prepare(image)
-        outputs = self.infer(x)
-        mask = outputs["mask"][0] if "mask" in outputs else outputs["logits"][0].argmax(0)
+        mask = outputs["mask"][index] if "mask" in outputs else outputs["logits"][index].argmax(0)
         if mask.shape != rgb.shape[:2]:  # nearest keeps class ids intact
             mask = np.asarray(
                 Image.fromarray(mask.astype(np.int32)).resize((rgb.shape[1], rgb.shape[0]), Image.NEAREST)

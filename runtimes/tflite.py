@@ -6,16 +6,30 @@ signature (the exporter names the signature's input and outputs after the manife
 for files converted elsewhere: tensor names that contain the manifest name, then position.  The
 manifest's shapes are the artifact's own layout (NCHW, or NHWC where it says so); nothing is
 transposed here.  numpy only: no torch, no tensorflow.
+
+Threads: an interpreter holds its tensors and its arena, so one shared interpreter is not safe (issue
+14: 146 of 200 threaded calls wrong for shufflenetv2 with no error, thundernet crashing in gather_nd).
+Each call takes an interpreter of its own from a pool (``base.Pool``), made on demand.
+Modes: ``latency`` keeps one interpreter on ``threads`` threads, so concurrent calls queue on it
+(a lock, in effect: each call gets every thread, and memory holds one XNNPACK weight copy);
+``throughput`` keeps one single-threaded interpreter per core, so concurrent callers and
+``predict_many`` run side by side (LiteRT releases the GIL while it invokes).  Measured at 1/2/4 caller
+threads against the lock in docs/measurements.md#runtime-threads; results are bit-identical either way
+(``tests/test_concurrency.py``).
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 
-from lightdeploy.errors import ArtifactError, missing_package
-from lightdeploy.runtimes.base import RuntimeBase, TensorSpec
+from lightdeploy.errors import ArtifactError, UsageError, missing_package
+from lightdeploy.runtimes.base import Pool, RuntimeBase, TensorSpec, check_mode, check_threads
+
+# Interpreters in latency mode (on ``threads`` threads each); see the module docstring.
+LATENCY_INTERPRETERS = 1
 
 
 def interpreter_class():
@@ -31,59 +45,105 @@ def interpreter_class():
 
         return Interpreter, "tflite-runtime"
     except ImportError:
-        raise missing_package("ai-edge-litert", "tflite", "Running TFLite artifacts") from None
+        raise missing_package("ai-edge-litert", "tflite-runtime", "Running TFLite artifacts") from None
+
+
+class _Slot:
+    """One interpreter and, when the model's signature names every manifest tensor, its runner."""
+
+    def __init__(self, interpreter, runner):
+        self.interpreter, self.runner = interpreter, runner
 
 
 class TFLiteBackend(RuntimeBase):
     backend = "tflite"
 
-    def __init__(self, model_path: str | Path, manifest: dict, threads: int | None = None):
-        interpreter_cls, self.package = interpreter_class()
-        try:
-            self._interp = interpreter_cls(model_path=str(model_path), num_threads=threads or None)
-            self._interp.allocate_tensors()
-        except (ValueError, RuntimeError) as exc:
-            raise ArtifactError(f"The LiteRT interpreter cannot open {str(model_path)!r}: {exc}") from None
+    def __init__(
+        self,
+        model_path: str | Path,
+        manifest: dict,
+        threads: int | None = None,
+        *,
+        mode: str = "latency",
+        device: str | None = None,
+        interpreters: int | None = None,
+    ):
+        check_threads(threads)
+        check_mode(mode)
+        if device is not None and str(device).upper() != "CPU":
+            raise UsageError(
+                f"TFLite artifacts run on the CPU (LiteRT with XNNPACK); device {device!r} is not offered. "
+                "Omit device, or export to openvino / onnx for other devices."
+            )
+        self._interpreter_cls, self.package = interpreter_class()
+        self._model_path = str(model_path)
+        # latency: each interpreter on ``threads`` threads; throughput: one thread each, one per core.
+        self._num_threads = 1 if mode == "throughput" else threads
+        cores = os.cpu_count() or 1
+        size = interpreters or (cores if mode == "throughput" else LATENCY_INTERPRETERS)
         ins = [TensorSpec.from_manifest(e) for e in manifest["inputs"]]
         outs = [TensorSpec.from_manifest(e) for e in manifest["outputs"]]
         super().__init__(ins, outs)
-        self._runner = None  # set when the model's signature names every manifest tensor
-        in_details, out_details = self._details(manifest.get("backend_info", {}).get("signature"))
-        self._in = _resolve(ins, in_details, "input", model_path)
-        self._out = _resolve(outs, out_details, "output", model_path)
+        self._signature = manifest.get("backend_info", {}).get("signature")
+        self._slots = Pool(self._new_slot, size)  # the first interpreter opens the file now
+        self.parallelism = size
+        self.info.update(
+            {
+                "mode": mode,
+                "device": "CPU",
+                "package": self.package,
+                "threads_per_interpreter": self._num_threads or "LiteRT default",
+                "interpreters": size,
+                "concurrency": f"a pool of up to {size} interpreter(s), one per call in flight",
+            }
+        )
 
-    def _details(self, signature: str | None) -> tuple[list[dict], list[dict]]:
-        """Input and output details, named by the signature when the model has one."""
-        interp = self._interp
+    def _new_slot(self) -> _Slot:
+        try:
+            interp = self._interpreter_cls(model_path=self._model_path, num_threads=self._num_threads)
+            interp.allocate_tensors()
+        except (ValueError, RuntimeError) as exc:
+            raise ArtifactError(f"The LiteRT interpreter cannot open {self._model_path!r}: {exc}") from None
+        runner, in_details, out_details = self._details(interp, self._signature)
+        if not hasattr(self, "_in"):  # tensor indices are the model's: the same in every interpreter
+            self._in = _resolve(self.inputs, in_details, "input", self._model_path)
+            self._out = _resolve(self.outputs, out_details, "output", self._model_path)
+        return _Slot(interp, runner)
+
+    def _details(self, interp, signature: str | None):
+        """(runner or None, input details, output details), named by the signature when the model has one."""
         sigs = interp.get_signature_list() if hasattr(interp, "get_signature_list") else {}
         key = signature if signature in sigs else (next(iter(sigs)) if len(sigs) == 1 else None)
         plain_in, plain_out = interp.get_input_details(), interp.get_output_details()
         if key is None:
-            return plain_in, plain_out
+            return None, plain_in, plain_out
         runner = interp.get_signature_runner(key)
         named = []
         for table in (runner.get_input_details(), runner.get_output_details()):
             named.append([{**d, "name": n} for n, d in table.items()])
         names = {d["name"] for d in named[0] + named[1]}
-        if {t.name for t in self.inputs + self.outputs} <= names:
-            # The runner reads outputs through the signature: after ai-edge-quantizer rewrites a
-            # graph, a signature output need not be a buffer get_tensor can read directly.
-            self._runner = runner
-        return named[0], named[1]
+        # The runner reads outputs through the signature: after ai-edge-quantizer rewrites a graph, a
+        # signature output need not be a buffer get_tensor can read directly.
+        usable = {t.name for t in self.inputs + self.outputs} <= names
+        return (runner if usable else None), named[0], named[1]
 
     def _run_impl(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        if self._runner is not None:
-            result = self._runner(**{s.name: _to_tensor(feeds[s.name], self._in[s.name]) for s in self.inputs})
-            return {s.name: _from_tensor(result[s.name], self._out[s.name], s) for s in self.outputs}
-        interp = self._interp
-        for spec in self.inputs:
-            detail = self._in[spec.name]
-            interp.set_tensor(detail["index"], _to_tensor(feeds[spec.name], detail))
-        interp.invoke()
-        return {
-            spec.name: _from_tensor(interp.get_tensor(self._out[spec.name]["index"]), self._out[spec.name], spec)
-            for spec in self.outputs
-        }
+        with self._slots.take() as slot:
+            if slot.runner is not None:
+                result = slot.runner(**{s.name: _to_tensor(feeds[s.name], self._in[s.name]) for s in self.inputs})
+                return {s.name: _from_tensor(result[s.name], self._out[s.name], s) for s in self.outputs}
+            interp = slot.interpreter
+            for spec in self.inputs:
+                detail = self._in[spec.name]
+                interp.set_tensor(detail["index"], _to_tensor(feeds[spec.name], detail))
+            interp.invoke()
+            return {
+                spec.name: _from_tensor(interp.get_tensor(self._out[spec.name]["index"]), self._out[spec.name], spec)
+                for spec in self.outputs
+            }
+
+    def _close_impl(self) -> None:
+        self._slots.close()
 
 
 def _resolve(specs: list[TensorSpec], details: list[dict], kind: str, path) -> dict[str, dict]:
@@ -136,5 +196,12 @@ def _from_tensor(array: np.ndarray, detail: dict, spec: TensorSpec) -> np.ndarra
     return array.astype(want, copy=True)
 
 
-def open_artifact(folder: Path, manifest: dict, threads: int | None = None) -> TFLiteBackend:
-    return TFLiteBackend(Path(folder) / manifest["backend_file"], manifest, threads=threads)
+def opened_files(folder: Path, manifest: dict) -> list[str]:
+    """The artifact files this backend reads (each must be listed, with its hash, in the manifest)."""
+    return [manifest["backend_file"]]
+
+
+def open_artifact(
+    folder: Path, manifest: dict, threads: int | None = None, mode: str = "latency", device=None
+) -> TFLiteBackend:
+    return TFLiteBackend(Path(folder) / manifest["backend_file"], manifest, threads=threads, mode=mode, device=device)

@@ -59,6 +59,26 @@ def classifier_artifact(tmp_path_factory) -> Path:
     return export("shufflenetv2_x0.5", "onnx", input_size=(64, 64), out=out).folder
 
 
+_CPU_ARTIFACTS: dict[tuple[str, str], Path] = {}
+
+
+@pytest.fixture(scope="session")
+def cpu_artifact(tmp_path_factory):
+    """``cpu_artifact(model, target)``: the artifact of ``model`` (at ``small_size``) for a CPU target,
+    exported once per session with its gate (tests that share it run in one xdist group)."""
+    from lightdeploy.models.registry import get_spec
+    from lightdeploy.pipeline import export
+
+    def get(model: str, target: str) -> Path:
+        key = (model, target)
+        if key not in _CPU_ARTIFACTS:
+            out = tmp_path_factory.mktemp(f"{model}-{target}")
+            _CPU_ARTIFACTS[key] = export(model, target, input_size=small_size(get_spec(model)), out=out).folder
+        return _CPU_ARTIFACTS[key]
+
+    return get
+
+
 def run_cli(*args: str, cwd: Path | None = None, prelude: str = "") -> subprocess.CompletedProcess:
     """Run the CLI in a subprocess (``prelude``: Python run first, e.g. to hide a package)."""
     code = (

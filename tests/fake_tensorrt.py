@@ -215,6 +215,7 @@ class FakeTensorRT:
         cudart.cudaStreamCreate = lambda: (0, 7)
         cudart.cudaStreamSynchronize = lambda stream: (0,)
         cudart.cudaStreamDestroy = lambda stream: (0,)
+        cudart.cudaSetDevice = lambda device: (0,)
         cudart.cudaGetDeviceCount = lambda: (0, 1)
         cudart.cudaGetDeviceProperties = lambda device: (
             0,

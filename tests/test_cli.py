@@ -117,7 +117,8 @@ def test_export_predict_bench_end_to_end(tmp_path, cat_image):
     r = run_cli("export", "snet49", "--to", "onnx", "--input-size", "64", "64", "--out", str(out))
     assert r.returncode == 0, r.stderr
     art = out / "snet49-onnx-fp32"
-    assert "parity PASSED" in r.stdout and sorted(p.name for p in art.iterdir()) == ["manifest.json", "model.onnx"]
+    assert "parity PASSED" in r.stdout
+    assert sorted(p.name for p in art.iterdir()) == ["export_log.json", "manifest.json", "model.onnx"]
     assert [p.name for p in out.iterdir()] == ["snet49-onnx-fp32"]  # no temporary folders left
     img = tmp_path / "cat.jpg"
     Image.fromarray(cat_image).save(img)

@@ -254,7 +254,8 @@ def test_no_tie_means_failure():
 # ------------------------------------------------------------------------- export, ONNX, predict
 @pytest.fixture(scope="module")
 def raw_artifact(tmp_path_factory):
-    """thundernet_snet49 at 64x64 with raw heads, exported once (gate run below, by hand)."""
+    """thundernet_snet49 at 64x64 with raw heads, exported once (gate run below, by hand; so the
+    runtime tests load it with allow_unverified)."""
     from lightdeploy.pipeline import export
 
     out = tmp_path_factory.mktemp("detectors")
@@ -302,7 +303,7 @@ def test_raw_heads_artifact_and_parity(raw_artifact):
     model = eager_from_manifest(manifest)
     batches = to_batches(parity_inputs(manifest), 1)
     eager = gate.run_eager(model, batches, names)
-    art = gate.run_artifact(open_runtime(raw_artifact, manifest), batches, manifest)
+    art = gate.run_artifact(open_runtime(raw_artifact, manifest, allow_unverified=True), batches, manifest)
     checks, info = detect_checks(eager, art, FP32, names)
     assert all(c.passed for c in checks), info
     assert info["detections_eager"] > 0
@@ -318,7 +319,7 @@ def test_predict_cli_draws_png(raw_artifact, tmp_path, cat_image):
 
     image = tmp_path / "cat.png"
     Image.fromarray(cat_image).save(image)
-    result = run_cli("predict", str(raw_artifact), str(image), "--out", str(tmp_path / "pred"))
+    result = run_cli("predict", str(raw_artifact), str(image), "--out", str(tmp_path / "pred"), "--allow-unverified")
     assert result.returncode == 0, result.stderr
     (png,) = (tmp_path / "pred").glob("*.png")
     with Image.open(png) as im:
@@ -328,7 +329,7 @@ def test_predict_cli_draws_png(raw_artifact, tmp_path, cat_image):
 def test_detector_runtime_scales_boxes(raw_artifact, cat_image):
     from lightdeploy import runtimes
 
-    model = runtimes.load(raw_artifact)
+    model = runtimes.load(raw_artifact, allow_unverified=True)
     result = model.predict(cat_image)
     h, w = cat_image.shape[:2]
     assert result.boxes.shape == (len(result), 4) and len(result.names) == len(result)

@@ -1,10 +1,10 @@
 """The Dockerfiles agree with pyproject (extras, pins) and each image checks itself when built.
 
 No Docker engine runs here, so the images are not built; these tests read the files.  What they
-prove: every `pip install .[extra]` names an extra pyproject defines, torch is installed at
-pyproject's pin (from the CPU wheel index), the runtime-only TFLite image installs lightdeploy with
---no-deps plus exactly the runtime packages at the `tflite` extra's pins, every COPY source exists,
-and every image runs `lightdeploy --help` (or, runtime-only, imports lightdeploy.runtimes) at build.
+prove: every `pip install .[extra]` names an extra pyproject defines, the export images install torch
+at pyproject's pin (from the CPU wheel index), the runtime-only TFLite image installs the
+`tflite-runtime` extra (no --no-deps anywhere) whose requirements, followed through pyproject's own
+extras, hold no torch, every COPY source exists, and every image runs `lightdeploy --help` at build.
 """
 
 from __future__ import annotations
@@ -20,7 +20,9 @@ import tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKER = ROOT / "docker"
-IMAGES = {"tensorrt": "trt", "openvino": "openvino", "tflite": None}  # Dockerfile -> extra (None: runtime-only)
+IMAGES = {"tensorrt": "trt", "openvino": "openvino", "tflite": "tflite-runtime"}  # Dockerfile -> extra
+RUNTIME_ONLY = {"tflite"}  # images that run artifacts and never export: no torch
+EXPORT_IMAGES = sorted(set(IMAGES) - RUNTIME_ONLY)
 
 
 def pyproject() -> dict:
@@ -77,6 +79,27 @@ def requirement_names(args: list[str]) -> list[str]:
     return [a for a in args if not a.startswith("-") and not a.startswith("http")]
 
 
+def extra_requirements(extra: str) -> set[str]:
+    """The distribution names an extra installs: lightdeploy's core dependencies plus the extra's,
+    following lightdeploy's own extras (``lightdeploy[a,b]``) through pyproject."""
+    project = pyproject()["project"]
+    names, todo, seen = set(), [extra], set()
+    for req in project["dependencies"]:
+        names.add(re.split(r"[=<>\[;\s]", req)[0].lower())
+    while todo:
+        current = todo.pop()
+        if current in seen:
+            continue
+        seen.add(current)
+        for req in project["optional-dependencies"][current]:
+            m = re.match(r"^lightdeploy\[([a-z0-9,\-]+)\]$", req)
+            if m:
+                todo += m.group(1).split(",")
+            else:
+                names.add(re.split(r"[=<>\[;\s]", req)[0].lower())
+    return names
+
+
 @pytest.mark.parametrize("name", sorted(IMAGES))
 def test_dockerfile_exists_with_a_base_image(name):
     inst = instructions(name)
@@ -94,7 +117,7 @@ def test_copy_sources_exist(name):
                 assert (ROOT / src).exists(), f"{name}.Dockerfile copies {src}, which is not in the repository"
 
 
-@pytest.mark.parametrize("name", [n for n, extra in IMAGES.items() if extra])
+@pytest.mark.parametrize("name", sorted(IMAGES))
 def test_installs_an_extra_pyproject_defines(name):
     extras = pyproject()["project"]["optional-dependencies"]
     installed = []
@@ -109,7 +132,7 @@ def test_installs_an_extra_pyproject_defines(name):
     assert IMAGES[name] in installed
 
 
-@pytest.mark.parametrize("name", [n for n, extra in IMAGES.items() if extra])
+@pytest.mark.parametrize("name", EXPORT_IMAGES)
 def test_torch_at_the_pyproject_pin_from_the_cpu_index(name):
     torch_pin = pins()["torch"]
     torch_installs = [
@@ -121,7 +144,7 @@ def test_torch_at_the_pyproject_pin_from_the_cpu_index(name):
         assert "https://download.pytorch.org/whl/cpu" in args
 
 
-@pytest.mark.parametrize("name", [n for n, extra in IMAGES.items() if extra])
+@pytest.mark.parametrize("name", sorted(IMAGES))
 def test_image_runs_the_cli_at_build(name):
     runs = " ".join(rest for head, rest in instructions(name) if head == "RUN")
     assert "lightdeploy --help" in runs
@@ -132,24 +155,35 @@ def test_tensorrt_image_uses_nvidia_base_and_index():
     inst = instructions("tensorrt")
     args = " ".join(rest for head, rest in inst if head in ("ARG", "FROM"))
     assert "nvcr.io/nvidia/tensorrt" in args
-    extra_trt = pyproject()["project"]["optional-dependencies"]["trt"]
-    assert any(r.startswith("tensorrt") for r in extra_trt) and any(r.startswith("cuda-python") for r in extra_trt)
+    assert {"tensorrt", "cuda-python", "torch"} <= extra_requirements("trt")
     assert any("https://pypi.nvidia.com" in args for args in map(" ".join, pip_installs("tensorrt")))
+
+
+@pytest.mark.parametrize("name", sorted(IMAGES))
+def test_no_image_installs_with_no_deps(name):
+    """Every dependency comes from pyproject's extras, so `pip check` can vouch for the image."""
+    assert not any("--no-deps" in args for args in pip_installs(name)), f"{name}.Dockerfile uses --no-deps"
 
 
 def test_tflite_image_is_runtime_only():
     installs = pip_installs("tflite")
-    assert any("--no-deps" in args and "." in args for args in installs), "lightdeploy must be installed --no-deps"
-    runtime = {re.split(r"[=<>]", r)[0].lower(): r for args in installs for r in requirement_names(args) if r != "."}
-    assert set(runtime) == {"numpy", "pillow", "ai-edge-litert"}, f"runtime-only image installs {sorted(runtime)}"
-    assert runtime["ai-edge-litert"] == f"ai-edge-litert=={pins()['ai-edge-litert']}", (
-        "LiteRT pin differs from pyproject"
-    )
-    tflite_extra = " ".join(pyproject()["project"]["optional-dependencies"]["tflite"])
-    assert "ai-edge-litert" in tflite_extra
+    requirements = [r for args in installs for r in requirement_names(args)]
+    assert requirements == [".[tflite-runtime]"], f"the runtime image installs {requirements}"
     runs = " ".join(rest for head, rest in instructions("tflite") if head == "RUN")
-    assert "import lightdeploy.runtimes" in runs
-    assert not any("torch" in r for args in installs for r in requirement_names(args))
+    assert "import lightdeploy.runtimes" in runs and "find_spec('torch') is not None" in runs and "pip check" in runs
+
+
+@pytest.mark.parametrize("extra", ["onnxruntime", "openvino-runtime", "tflite-runtime", "tensorrt-runtime"])
+def test_runtime_extras_hold_no_torch(extra):
+    names = extra_requirements(extra)
+    assert not names & {"torch", "torchvision", "scikit-image", "onnx", "nncf", "litert-torch"}, sorted(names)
+    assert {"numpy", "pillow", "typer"} <= names
+
+
+def test_export_extras_hold_torch_at_its_pin():
+    for extra in ("export", "onnx", "openvino", "tflite", "trt", "cpu", "all"):
+        assert "torch" in extra_requirements(extra), extra
+    assert "torch==" + pins()["torch"] in pyproject()["project"]["optional-dependencies"]["export"]
 
 
 def test_runtime_only_import_works_without_torch():

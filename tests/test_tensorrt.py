@@ -35,6 +35,7 @@ from lightdeploy.exporters.tensorrt.plan import BUILD_SCRIPT, read_plan
 from lightdeploy.exporters.tensorrt.qdq import QDQ_FILE
 from lightdeploy.models.registry import get_spec, list_models
 from lightdeploy.runtimes._tensorrt_env import PLAN_FILE
+from lightdeploy.runtimes.manifest import sha256
 from lightdeploy.runtimes.onnxruntime import OnnxRuntimeBackend
 
 SMALL = (64, 64)
@@ -293,7 +294,13 @@ def test_fp16_pins_the_huge_layer_and_its_reader(tmp_path):
 # ------------------------------------------------------------------------- plans and estimates
 def test_fp16_plan_artifact_and_manifest(fp16_plan):
     folder, manifest, report = fp16_plan
-    assert sorted(p.name for p in folder.iterdir()) == [BUILD_SCRIPT, "manifest.json", "model.onnx", PLAN_FILE]
+    assert sorted(p.name for p in folder.iterdir()) == [
+        BUILD_SCRIPT,
+        "export_log.json",
+        "manifest.json",
+        "model.onnx",
+        PLAN_FILE,
+    ]
     assert manifest["backend"] == "tensorrt" and manifest["backend_file"] == PLAN_FILE
     assert manifest["parity"]["estimated"] is True and "ESTIMATED" in report.summary()
     assert manifest["parity"]["tolerance"]["backend"] == "tensorrt"
@@ -311,7 +318,8 @@ def test_fp16_plan_artifact_and_manifest(fp16_plan):
     assert str(folder) not in script  # the artifact carries no path of the exporting machine
     assert report.task_info["float_graph"]["passed"]
     assert plan["fp16_analysis"]["limit"] == FP16_LIMIT and plan["fp16_analysis"]["largest_activations"]
-    assert any(f"lightdeploy build {folder}" in n for n in manifest["notes"])
+    # the manifest holds no path: `{artifact}` is filled in where the note is shown (ExportOutcome.notes)
+    assert any("lightdeploy build {artifact}" in n for n in manifest["notes"])
     from lightdeploy.runtimes.manifest import read_manifest
 
     read_manifest(folder, verify=True)  # the plan's estimate section is covered by the hashes
@@ -321,8 +329,8 @@ def test_int8_qdq_estimate_on_a_classifier(tmp_path):
     """The QDQ model and its estimate (at 64x64, where a classifier's int8 row may fail: quant_size)."""
     try:
         folder, manifest, _ = export_plan(tmp_path, name="shufflenetv2_x0.5", precision="int8")
-    except ParityError:
-        folder = tmp_path / "shufflenetv2_x0.5-trt-int8"  # kept for inspection
+    except ParityError as exc:
+        folder = exc.folder  # kept beside the name as NAME.failed, for inspection
         manifest = json.loads((folder / "manifest.json").read_text())
     report = manifest["parity"]
     plan = read_plan(folder)
@@ -405,6 +413,80 @@ def test_loading_a_plan_on_a_gpu_machine_builds_and_caches(fp16_plan, tmp_path, 
     x = np.zeros((1, 3, 64, 64), np.float32)
     assert np.allclose(first.infer(x)["logits"], second.infer(x)["logits"])
     assert list((tmp_path / "cache" / "tensorrt").glob("*.engine"))
+
+
+def test_engine_threads_use_a_context_and_stream_each(fp16_plan, tmp_path, monkeypatch):
+    """8 threads x 200 calls on one engine: bit-identical to single-threaded calls, each call on an
+    execution context (and stream) of its own, at most MAX_CONTEXTS of them."""
+    from test_concurrency import feeds_for, hammer
+
+    from lightdeploy import runtimes
+    from lightdeploy.build import build
+    from lightdeploy.runtimes.tensorrt import MAX_CONTEXTS
+
+    folder = copy_of(fp16_plan, tmp_path)
+    install(monkeypatch)
+    build(folder)
+    with runtimes.open_runtime(folder) as runtime:
+        differ, errors = hammer(runtime, feeds_for(runtime))
+        assert not errors and differ == 0, (differ, errors[:3])
+        assert 1 < runtime._contexts.created <= MAX_CONTEXTS
+        assert "execution context + CUDA stream per call" in runtime.info["concurrency"]
+
+
+def test_an_engine_for_another_gpu_is_a_clear_error(fp16_plan, tmp_path, monkeypatch):
+    from lightdeploy import runtimes
+    from lightdeploy.build import build
+
+    folder = copy_of(fp16_plan, tmp_path)
+    fake = install(monkeypatch)
+    build(folder)
+    other = SimpleNamespace(name=b"Other GPU", major=7, minor=5, totalGlobalMem=4 << 30)
+    monkeypatch.setattr(fake.cudart, "cudaGetDeviceProperties", lambda device: (0, other))
+    with pytest.raises(UsageError, match=r"built for Simulated GPU \(compute 8.9\); this GPU is Other GPU") as info:
+        runtimes.load(folder)
+    assert f"lightdeploy build {folder}" in str(info.value)
+
+
+def test_a_cached_engine_is_checked_before_reuse(fp16_plan, tmp_path, monkeypatch):
+    """A cached engine whose bytes no longer match its record, or that no longer deserialises, is rebuilt."""
+    folder = copy_of(fp16_plan, tmp_path)
+    fake = install(monkeypatch)
+    monkeypatch.setenv("LIGHTDEPLOY_CACHE", str(tmp_path / "cache"))
+    from lightdeploy import runtimes
+
+    runtimes.load(folder)
+    (engine,) = (tmp_path / "cache" / "tensorrt").glob("*.engine")
+    record = json.loads(engine.with_suffix(".json").read_text())
+    assert record["gpu"]["name"] == "Simulated GPU" and record["tensorrt_version"] == fake.trt.__version__
+    engine.write_bytes(engine.read_bytes() + b" ")  # changed behind the record's back
+    model = runtimes.load(folder)
+    assert len(fake.built) == 2 and "rebuilt" in model.info["engine"]
+    engine.write_bytes(b"garbage")  # and a record that vouches for garbage: deserialising fails, so rebuild
+    engine.with_suffix(".json").write_text(json.dumps({**record, "sha256": sha256(engine)}))
+    model = runtimes.load(folder)
+    assert len(fake.built) == 3
+    assert model.infer(np.zeros((1, 3, 64, 64), np.float32))["logits"].shape == (1, 1000)
+    assert "reused" in runtimes.load(folder).info["engine"] and len(fake.built) == 3
+
+
+def test_a_failed_engine_gate_keeps_the_plan(fp16_plan, tmp_path, monkeypatch):
+    from dataclasses import replace
+
+    from lightdeploy.build import build
+    from lightdeploy.parity import gate
+
+    folder = copy_of(fp16_plan, tmp_path)
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    install(monkeypatch)
+    impossible = replace(gate.tolerance_for("tensorrt", "fp16"), cosine_min=1.5)
+    monkeypatch.setattr(gate, "tolerance_for", lambda backend, precision: impossible)
+    with pytest.raises(ParityError, match="the build plan at .* is unchanged") as info:
+        build(folder)
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    failed = info.value.folder
+    assert failed.name == folder.name + ".failed" and (failed / "model.engine").is_file()
+    assert json.loads((failed / "manifest.json").read_text())["parity"]["passed"] is False
 
 
 def test_pinned_layers_reach_the_builder(tmp_path, monkeypatch):

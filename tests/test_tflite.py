@@ -25,7 +25,7 @@ from conftest import quant_size, registered, small_size
 
 from lightdeploy.errors import MissingDependencyError, ParityError, UsageError
 from lightdeploy.models.registry import get_spec
-from lightdeploy.pipeline import artifact_name, export
+from lightdeploy.pipeline import export
 
 pytest.importorskip("litert_torch")
 pytest.importorskip("ai_edge_litert")
@@ -44,7 +44,7 @@ def exported(name: str, precision: str, tmp_path_factory, nhwc: bool = False):
             size = (quant_size if precision == "int8" else small_size)(get_spec(name))
             _EXPORTED[key] = export(name, "tflite", precision=precision, input_size=size, nhwc=nhwc, out=out)
         except ParityError as exc:
-            _EXPORTED[key] = (exc, out / artifact_name(name, "tflite", precision))
+            _EXPORTED[key] = (exc, exc.folder)
     result = _EXPORTED[key]
     if isinstance(result, tuple):
         raise result[0]
@@ -200,7 +200,13 @@ def test_float_graph_is_gated_and_catches_what_int8_may_miss(tmp_path, monkeypat
     checks = json.loads((folder / "manifest.json").read_text())["parity"]["checks"]
     float_rows = [c for c in checks if c["subject"].startswith("float graph: ")]
     assert float_rows and not all(c["passed"] for c in float_rows), float_rows
-    assert sorted(p.name for p in folder.iterdir()) == ["manifest.json", "model.onnx", "model.tflite"]
+    assert folder.name.endswith(".failed")  # kept beside the name, never in its place
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "export_log.json",
+        "manifest.json",
+        "model.onnx",
+        "model.tflite",
+    ]
 
 
 @pytest.mark.parametrize("name", _model_params())
@@ -306,7 +312,7 @@ def test_missing_interpreter_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "ai_edge_litert.interpreter", None)
     monkeypatch.setitem(sys.modules, "tflite_runtime", None)
     monkeypatch.setitem(sys.modules, "tflite_runtime.interpreter", None)
-    with pytest.raises(MissingDependencyError, match=r"lightdeploy\[tflite\]"):
+    with pytest.raises(MissingDependencyError, match=r"lightdeploy\[tflite-runtime\]"):
         tflite.interpreter_class()
 
 

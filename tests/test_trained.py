@@ -33,8 +33,8 @@ def imagenet():
 @pytest.fixture(scope="module")
 def heldout_images(tmp_path_factory):
     """Held-out synthetic images as an --images folder (a dozen: the gate's cost stays small)."""
-    from lightdeploy.datasets.writers import write_split
     from lightdeploy.datasets.synthetic import heldout
+    from lightdeploy.datasets.writers import write_split
 
     folder = tmp_path_factory.mktemp("heldout")
     write_split(heldout(12, 320), folder)
@@ -81,8 +81,9 @@ def test_trained_mobilenetv2_int8_passes_its_row(imagenet, target, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["thundernet_snet49:synthetic", "bisenet_xception39:synthetic"])
-@pytest.mark.parametrize("target,precision", [("onnx", "fp32"), ("openvino", "int8"), ("tflite", "int8"),
-                                              ("trt", "int8")])
+@pytest.mark.parametrize(
+    "target,precision", [("onnx", "fp32"), ("openvino", "int8"), ("tflite", "int8"), ("trt", "int8")]
+)
 def test_synthetic_models_pass_every_row(name, target, precision, heldout_images, tmp_path):
     from lightdeploy.pipeline import export
 

@@ -67,19 +67,23 @@ class OpenVinoExporter:
             },
         }
         float_model = model.clone() if precision != "fp32" else None  # NNCF may rewrite in place
+        log = {}
         if precision == "int8":
             from lightdeploy.exporters.openvino.quantize import quantize_int8
 
+            t1 = time.perf_counter()
             model, info["int8"] = quantize_int8(model, job)
+            log["quantize_seconds"] = round(time.perf_counter() - t1, 2)
+        stable_auto_names(model)
         # FP16 weights only when asked: OpenVINO's save_model compresses to FP16 by default.
         ov.save_model(model, str(workdir / IR_FILE), compress_to_fp16=precision == "fp16")
         info["openvino"].update(
             {
                 "weights": WEIGHTS_KIND[precision],
                 "ops": len(model.get_ordered_ops()),
-                "convert_seconds": round(time.perf_counter() - t0, 2),
             }
         )
+        log["convert_seconds"] = round(time.perf_counter() - t0, 2)
         twin = None
         if float_model is not None:
 
@@ -87,4 +91,21 @@ class OpenVinoExporter:
                 ov.save_model(float_model, str(folder / IR_FILE), compress_to_fp16=False)
                 return IR_FILE
 
-        return ExportResult(self.backend, IR_FILE, inputs, outputs, info, float_twin=twin)
+        return ExportResult(self.backend, IR_FILE, inputs, outputs, info, log=log, float_twin=twin)
+
+
+def stable_auto_names(model) -> int:
+    """Renumber the names OpenVINO makes up for unnamed nodes ("Constant_771778": a counter global to
+    the process) by position in the graph, so the IR is the same bytes in every process.  Without it,
+    two int8 exports of one model differed in these names alone (docs/measurements.md#reproducible-exports).
+    Only names of exactly that form are changed; the graph and its tensor names are not.  Returns the
+    count renamed."""
+    import re
+
+    renamed = 0
+    for index, op in enumerate(model.get_ordered_ops()):
+        kind = op.get_type_name()
+        if re.fullmatch(rf"{re.escape(kind)}_\d+", op.get_friendly_name()):
+            op.set_friendly_name(f"{kind}_auto{index}")
+            renamed += 1
+    return renamed

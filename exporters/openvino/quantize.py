@@ -13,8 +13,6 @@ Settings, each chosen by measurement (docs/measurements.md#openvino-int8):
 
 from __future__ import annotations
 
-import time
-
 from lightdeploy.errors import UsageError, require
 from lightdeploy.exporters.base import ExportJob
 from lightdeploy.logs import quiet
@@ -65,7 +63,6 @@ def quantize_int8(
             activations_range_estimator_params=getattr(RangeEstimatorParametersSet, ACTIVATION_RANGE.upper()),
         )
         nncf_kwargs.setdefault("fast_bias_correction", FAST_BIAS_CORRECTION)
-    t0 = time.perf_counter()
     with quiet("nncf"):
         quantized = nncf.quantize(
             model,
@@ -83,6 +80,5 @@ def quantize_int8(
         "calibration": {**calib.description, "batches_used": subset},
         "ignored_scope": {"types": ignored},
         "fake_quantize_nodes": sum(op.get_type_name() == "FakeQuantize" for op in quantized.get_ordered_ops()),
-        "quantize_seconds": round(time.perf_counter() - t0, 2),
     }
     return quantized, info

@@ -177,22 +177,20 @@ class TFLiteExporter:
         onnx_info, _ = write_onnx(job, workdir)
         t0 = time.perf_counter()
         model, nhwc_outputs, decomposed, cached = convert_float(job)
+        log = {"convert_seconds": round(time.perf_counter() - t0, 2), "conversion_reused": cached}
         info: dict = {
             "onnx": onnx_info,
-            "converter": {
-                "name": "litert-torch",
-                "from": "eager model (torch.export)",
-                "seconds": round(time.perf_counter() - t0, 2),
-                "reused": cached,
-                "decompositions": decomposed,
-            },
+            "converter": {"name": "litert-torch", "from": "eager model (torch.export)", "decompositions": decomposed},
         }
         check_builtin_only(list_ops(model), job.spec.name)
         float_model = model
+        t1 = time.perf_counter()
         if precision == "fp16":
             model, info["quantization"] = quantize.quantize_fp16(model)
         elif precision == "int8":
             model, info["quantization"] = quantize.quantize_int8(model, job)
+        if precision != "fp32":
+            log["quantize_seconds"] = round(time.perf_counter() - t1, 2)
         ops = list_ops(model)
         check_builtin_only(ops, job.spec.name)
         inputs, outputs = signature_io(model, job, nhwc_outputs)
@@ -212,4 +210,4 @@ class TFLiteExporter:
                 (folder / TFLITE_FILE).write_bytes(float_model)
                 return TFLITE_FILE
 
-        return ExportResult(self.backend, TFLITE_FILE, inputs, outputs, info, float_twin=twin)
+        return ExportResult(self.backend, TFLITE_FILE, inputs, outputs, info, log=log, float_twin=twin)

@@ -13,7 +13,6 @@ serves every precision).
 from __future__ import annotations
 
 import os
-import time
 
 from lightdeploy.exporters.base import ExportJob
 from lightdeploy.exporters.tflite.flatbuffer import SIGNATURE, retarget_signature_outputs
@@ -66,7 +65,6 @@ def quantize_int8(model: bytes, job: ExportJob) -> tuple[bytes, dict]:
         manager.add_quantization_config(regex, names.ALL_SUPPORTED, algorithm_key=no_quant)
     q = quantizer.Quantizer(model)
     q.load_quantization_recipe(manager.get_quantization_recipe())
-    t0 = time.perf_counter()
     with quiet(stderr=True):
         # Quantizer.calibrate without its default moving-average update (0.95 smoothing: ranges mostly the
         # first batches', later outliers clipped): global min / max over the set, as NNCF on OpenVINO.
@@ -84,5 +82,5 @@ def quantize_int8(model: bytes, job: ExportJob) -> tuple[bytes, dict]:
         "float_op_types": list(INT8_FLOAT_OPS),
         "float_scopes": list(float_scopes),
         "signature_outputs_retargeted": retargeted,
-        "calibration": {**calib.description, "batches": len(calib), "seconds": round(time.perf_counter() - t0, 2)},
+        "calibration": {**calib.description, "batches": len(calib)},
     }

@@ -55,7 +55,9 @@ def run_parity(
 
         model = eager_from_manifest(manifest)
     estimate = estimator(folder, manifest, threads) if estimator is not None else None
-    runtime, method = estimate if estimate is not None else (open_runtime(folder, manifest, threads), "")
+    if estimate is None:  # the gate is what gives an artifact its verdict: it runs one that has none yet
+        estimate = (open_runtime(folder, manifest, threads, allow_unverified=True), "")
+    runtime, method = estimate
     inputs = parity_inputs(manifest, images)
     batches = to_batches(inputs, manifest["inputs"][0]["shape"][0])
     names = [o["name"] for o in manifest["outputs"]]

@@ -57,7 +57,7 @@ def layer(module: str) -> tuple[int, str]:
         return 3, "parity"
     if module in PIPELINE or module.startswith(PIPELINE_PACKAGES):
         return 4, "pipeline"
-    if module in FACADE:
+    if module in FACADE or module.startswith("lightdeploy.cli."):
         return 5, "facade"
     return 2, "core"  # models, ops, factory, weights, samples, calibration, ...
 

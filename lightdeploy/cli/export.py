@@ -1,115 +1,19 @@
-"""The ``lightdeploy`` command line (typer + rich).  The only place that turns errors into exit codes.
-
-Exit codes (docs/design.md#exit-codes): 0 success, 1 parity failed, 2 bad input or usage, 3 missing
-dependency or unsupported environment.
-"""
+"""The commands that make and check artifacts: export, parity, check, build."""
 
 from __future__ import annotations
 
-import functools
 import json
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 
-from lightdeploy.errors import LightdeployError, MissingDependencyError, UsageError
-
-app = typer.Typer(
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-    help="Lightweight vision models from PyTorch to the edge, with parity proven against eager.",
-)
-console = Console(soft_wrap=True)
-err = Console(stderr=True, soft_wrap=True)  # soft wrap: messages stay whole lines when piped
-
-
-# The export side's packages: a runtime-only install (`pip install lightdeploy[onnxruntime]`) lacks them.
-EXPORT_PACKAGES = {"torch", "torchvision", "skimage", "safetensors"}
-
-
-def _handle_errors(fn):
-    """Turn LightdeployError into its message and exit code; anything else is a bug and shows a traceback."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            try:
-                return fn(*args, **kwargs)
-            except ModuleNotFoundError as exc:
-                if (exc.name or "").split(".")[0] not in EXPORT_PACKAGES:
-                    raise
-                raise MissingDependencyError(
-                    f"`lightdeploy {fn.__name__.removesuffix('_cmd')}` needs PyTorch and the export tools "
-                    f"({exc.name!r} is not installed): this install runs artifacts only. Install the export side "
-                    "with: pip install 'lightdeploy[export,onnx]' (or '.[cpu]' for every CPU target)."
-                ) from None
-        except LightdeployError as exc:
-            err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
-            raise typer.Exit(exc.exit_code) from None
-
-    return wrapper
-
-
-def _progress(quiet: bool):
-    if quiet:
-        return lambda msg: None
-    return lambda msg: err.print(f"[dim]… {msg}[/]", highlight=False)
-
-
-# ------------------------------------------------------------------------------------------ list / info
-@app.command("list")
-@_handle_errors
-def list_cmd(as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")):
-    """List the registered models with task, input size, params and MACs."""
-    from lightdeploy.modelinfo import complexity
-    from lightdeploy.models.registry import get_spec, list_models
-
-    rows = []
-    for name in list_models():
-        spec = get_spec(name)
-        params, macs = complexity(name)
-        rows.append(
-            {
-                "name": name,
-                "task": spec.task,
-                "input_size": list(spec.input_size),
-                "params": params,
-                "macs": macs,
-                "alias_of": spec.alias_of,
-            }
-        )
-    if as_json:
-        console.print_json(json.dumps(rows))
-        return
-    from rich.table import Table
-
-    table = Table(title="lightdeploy models (MACs at the default input size, batch 1)")
-    for col in ("name", "task", "input", "params", "MACs"):
-        table.add_column(col)
-    for r in rows:
-        name = r["name"] + (f" (= {r['alias_of']})" if r["alias_of"] else "")
-        table.add_row(
-            name, r["task"], "x".join(map(str, r["input_size"])), f"{r['params'] / 1e6:.2f}M", f"{r['macs'] / 1e6:.1f}M"
-        )
-    console.print(table)
-
-
-@app.command()
-@_handle_errors
-def info(target: str = typer.Argument(..., metavar="MODEL|ARTIFACT_DIR")):
-    """Details of a registered model, or of an exported artifact."""
-    from lightdeploy.modelinfo import artifact_info, model_info
-
-    path = Path(target)
-    console.print(artifact_info(path) if path.is_dir() else model_info(target))
+from lightdeploy.cli.common import console, err, handle_errors, progress_printer
+from lightdeploy.errors import LightdeployError, UsageError
 
 
 # ------------------------------------------------------------------------------------------- export
-@app.command()
-@_handle_errors
+@handle_errors
 def export(
     model: str = typer.Argument(
         ...,
@@ -156,7 +60,9 @@ def export(
         raise UsageError("--calib is for --int8 only.")
     precision = "int8" if int8 else "fp16" if fp16 else "fp32"
     check_request(to, precision)  # every target and the precision, before any work
-    subject = _subject(model, task, input_size, name, mean, std, num_classes, weights, weights_key, _progress(quiet))
+    subject = _subject(
+        model, task, input_size, name, mean, std, num_classes, weights, weights_key, progress_printer(quiet)
+    )
     own = not isinstance(subject, str)  # your own model comes with its weights and class count
     extra = {"raw_heads": True} if raw_heads else {}
     failed = False
@@ -180,7 +86,7 @@ def export(
                 parity=not no_parity,
                 images_dir=str(images) if images else None,
                 extra=extra,
-                progress=_progress(quiet),
+                progress=progress_printer(quiet),
             )
         except LightdeployError as exc:
             if exc.exit_code != 1:
@@ -239,8 +145,7 @@ def _print_outcome(outcome, quiet: bool) -> None:
 
 
 # ------------------------------------------------------------------------------------------- parity
-@app.command()
-@_handle_errors
+@handle_errors
 def parity(
     artifacts: list[Path] = typer.Argument(..., metavar="ARTIFACT_DIR..."),
     images: Path | None = typer.Option(None, "--images", help="Folder of images to add as inputs' photographs."),
@@ -261,7 +166,7 @@ def parity(
     imgs = images_from_dir(images) if images else None
     reports = []
     for folder in artifacts:
-        _progress(quiet)(f"parity of {folder}")
+        progress_printer(quiet)(f"parity of {folder}")
         report = run_gate(folder, images=imgs, threads=threads, weights=weights)
         reports.append(report)
         if not quiet:
@@ -275,106 +180,8 @@ def parity(
         raise typer.Exit(1)
 
 
-# ------------------------------------------------------------------------------------------ predict
-@app.command()
-@_handle_errors
-def predict(
-    artifact: Path = typer.Argument(..., metavar="ARTIFACT_DIR"),
-    images: list[Path] = typer.Argument(..., metavar="IMAGE..."),
-    out: Path = typer.Option(Path("predictions"), "--out"),
-    threads: int | None = typer.Option(None, "--threads"),
-    device: str | None = typer.Option(
-        None, "--device", help="OpenVINO device (CPU, GPU, NPU, AUTO) or ONNX Runtime providers in order (cuda,cpu)."
-    ),
-    allow_unverified: bool = typer.Option(
-        False, "--allow-unverified", help="Run an artifact whose parity gate failed or never ran."
-    ),
-):
-    """Run an artifact on images and write each result drawn on its image as a PNG."""
-    from lightdeploy import runtimes
-    from lightdeploy.draw import DRAWERS
-    from lightdeploy.runtimes.preprocess import load_image
-
-    model = runtimes.load(artifact, threads=threads, device=device, allow_unverified=allow_unverified)
-    if model.info["verdict"].startswith("UNVERIFIED"):
-        err.print(f"[bold yellow]warning:[/] {escape(model.info['verdict'])}", highlight=False)
-    out.mkdir(parents=True, exist_ok=True)
-    for image in images:
-        rgb = load_image(image)
-        result = model.predict(rgb)
-        path = DRAWERS[model.task](rgb, result, out / f"{Path(image).stem}-{artifact.name}.png")
-        console.print(f"{image} -> {path}", highlight=False)
-        if model.task == "classify":
-            for p in result:
-                console.print(f"  {p.label}: {p.probability:.4f}", highlight=False)
-
-
-# -------------------------------------------------------------------------------------------- bench
-@app.command()
-@_handle_errors
-def bench(
-    subjects: list[str] = typer.Argument(..., metavar="MODEL|ARTIFACT_DIR..."),
-    runs: int = typer.Option(50, "--runs"),
-    warmup: int = typer.Option(10, "--warmup"),
-    threads: int = typer.Option(2, "--threads"),
-    json_out: Path | None = typer.Option(None, "--json"),
-    plot: Path | None = typer.Option(None, "--plot", help="Write a bar chart PNG."),
-    allow_unverified: bool = typer.Option(
-        False, "--allow-unverified", help="Time artifacts whose parity gate failed or never ran too."
-    ),
-    quiet: bool = typer.Option(False, "--quiet"),
-):
-    """Batch latency (median, p90) of eager PyTorch and each artifact, with ratios to eager."""
-    from lightdeploy import bench as benchmod
-
-    if runs < 1 or warmup < 0 or threads < 1:
-        raise UsageError("--runs and --threads must be at least 1, --warmup at least 0.")
-    rows = benchmod.bench(
-        subjects,
-        runs=runs,
-        warmup=warmup,
-        threads=threads,
-        progress=_progress(quiet),
-        allow_unverified=allow_unverified,
-    )
-    console.print(benchmod.render_table(rows))
-    if json_out:
-        benchmod.write_json(rows, json_out)
-    if plot:
-        benchmod.write_plot(rows, plot)
-
-
-# --------------------------------------------------------------------------------------------- eval
-@app.command("eval")
-@_handle_errors
-def eval_cmd(
-    subjects: list[str] = typer.Argument(..., metavar="MODEL|ARTIFACT_DIR..."),
-    data: Path = typer.Option(..., "--data", help="Labelled set: ImageFolder, COCO JSON, or images/ + masks/."),
-    json_out: Path | None = typer.Option(None, "--json", help="Write the rows as JSON."),
-    allow_unverified: bool = typer.Option(False, "--allow-unverified", help="Evaluate artifacts whose gate failed."),
-    quiet: bool = typer.Option(False, "--quiet"),
-):
-    """Accuracy of eager PyTorch and of each artifact on a labelled set, side by side with the delta.
-
-    Classification: DATA/<class name or index>/<image>.  Detection: DATA/annotations.json (COCO) with the
-    images in DATA/images/.  Segmentation: DATA/images/<stem>.jpg and DATA/masks/<stem>.png (class index
-    per pixel, 255 = ignore).
-    """
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from lightdeploy.evaluation.run import evaluate, render_table, write_json
-
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=err, disable=quiet, transient=True) as progress:
-        rows = evaluate(subjects, data, allow_unverified=allow_unverified, progress=progress)
-    console.print(render_table(rows))
-    if json_out:
-        write_json(rows, json_out)
-
-
 # ----------------------------------------------------------------------------------- check / build
-@app.command()
-@_handle_errors
+@handle_errors
 def check(
     subject: str = typer.Argument(..., metavar="MODEL|FACTORY|ONNX_FILE"),
     to: str = typer.Option(..., "--to", help="Target whose operator support to check: trt, openvino or tflite."),
@@ -400,8 +207,7 @@ def check(
         raise typer.Exit(2)
 
 
-@app.command()
-@_handle_errors
+@handle_errors
 def build(
     artifact: Path = typer.Argument(..., metavar="ARTIFACT_DIR"),
     no_parity: bool = typer.Option(False, "--no-parity"),
@@ -419,7 +225,7 @@ def build(
         parity=not no_parity,
         images_dir=str(images) if images else None,
         weights=weights,
-        progress=_progress(quiet),
+        progress=progress_printer(quiet),
     )
     if report is None:
         console.print(f"[bold]{artifact}[/]: engine built; parity NOT RUN (--no-parity)", highlight=False)
@@ -429,37 +235,3 @@ def build(
     console.print(f"[bold]{artifact}[/]: {report.summary()}", highlight=False)
     if not report.passed:
         raise typer.Exit(1)
-
-
-# ------------------------------------------------------------------------------------------- triton
-@app.command()
-@_handle_errors
-def triton(
-    artifacts: list[Path] = typer.Argument(..., metavar="ARTIFACT_DIR..."),
-    repo: Path = typer.Option(..., "--repo", help="The Triton model repository to write (one folder per artifact)."),
-    instances: int = typer.Option(1, "--instances", help="Model instances (instance_group count)."),
-    max_batch: int | None = typer.Option(
-        None, "--max-batch", help="max_batch_size for dynamic-batch artifacts (default 8; TensorRT: its profile)."
-    ),
-    mode: str = typer.Option("latency", "--mode", help="OpenVINO's performance hint: latency or throughput."),
-    allow_unverified: bool = typer.Option(
-        False, "--allow-unverified", help="Include artifacts whose parity gate failed or never ran."
-    ),
-):
-    """Write a Triton Inference Server model repository from ONNX, OpenVINO and TensorRT engine artifacts."""
-    from lightdeploy.triton import write_repository
-
-    written = write_repository(
-        artifacts, repo, instances=instances, max_batch=max_batch, mode=mode, allow_unverified=allow_unverified
-    )
-    for folder in written:
-        console.print(f"{folder}/config.pbtxt", highlight=False)
-    console.print(f"serve it: docker run ... tritonserver --model-repository={repo} (docs/triton.md)", highlight=False)
-
-
-def main() -> None:
-    app()
-
-
-if __name__ == "__main__":
-    main()

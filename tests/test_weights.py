@@ -186,5 +186,9 @@ def test_cli_factory_with_weights(tmp_path):
     assert result.returncode == 0, result.stderr
     manifest = json.loads((out / "tiny_classifier-onnx-fp32" / "manifest.json").read_text())
     assert manifest["source"]["weights"]["sha256"] and manifest["parity"]["passed"]
-    result = run_cli("parity", str(out / "tiny_classifier-onnx-fp32"), "--quiet", cwd=ROOT)
+    # Re-checking needs the same weights: without them parity exits 2 and says which file to give.
+    artifact = str(out / "tiny_classifier-onnx-fp32")
+    result = run_cli("parity", artifact, "--quiet", cwd=ROOT)
+    assert result.returncode == 2 and "good.pth" in result.stderr and "--weights" in result.stderr
+    result = run_cli("parity", artifact, "--quiet", "--weights", str(tmp_path / "good.pth"), cwd=ROOT)
     assert result.returncode == 0, result.stderr

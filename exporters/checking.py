@@ -10,6 +10,9 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from lightdeploy.errors import UsageError
 
 
 @dataclass
@@ -96,3 +99,19 @@ class CheckReport:
             parts.append(detail)
         parts.append(("[green]" if self.supported else "[red]") + self.summary() + "[/]")
         return Group(*parts)
+
+
+def load_checked_onnx(model_or_path, subject: str | None, onnx):
+    """``(model, path or None, subject)`` for a check's argument: an onnx.ModelProto or a file path.
+
+    A missing or unreadable file is the user's input, so it is a ``UsageError`` naming the file."""
+    if not isinstance(model_or_path, (str, Path)):
+        return model_or_path, None, subject or (model_or_path.graph.name or "model")
+    path = Path(model_or_path)
+    if not path.is_file():
+        raise UsageError(f"ONNX file {str(path)!r} does not exist.")
+    try:
+        model = onnx.load(str(path))
+    except Exception as exc:  # noqa: BLE001 - any parse error is a bad file
+        raise UsageError(f"{str(path)!r} is not a readable ONNX model ({exc}).") from None
+    return model, path, subject or path.name

@@ -39,7 +39,8 @@ SUPPLIED = ("num_classes", "input_size")
 
 
 def is_reference(text: str) -> bool:
-    """A factory reference has ``:``; registered model names never do."""
+    """A factory reference has ``:``; so do named weights (``MODEL:TAG``), which callers look up in the
+    registry first."""
     return ":" in text
 
 

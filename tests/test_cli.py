@@ -142,3 +142,15 @@ def test_export_predict_bench_end_to_end(tmp_path, cat_image):
     rows = json.loads((tmp_path / "b.json").read_text())
     assert [row["runtime"] for row in rows] == ["eager", "onnxruntime/fp32"] and rows[1]["ratio_to_eager"] > 0
     assert (tmp_path / "b.png").exists()
+
+
+def test_named_weights_are_models_not_factories(tmp_path):
+    """`MODEL:TAG` (named weights) has a colon like `pkg.module:factory`; the registry decides first, so
+    the demo's `lightdeploy export mobilenetv2:imagenet` exports, and the manifest records the weights."""
+    out = tmp_path / "o"
+    r = run_cli("export", "bisenet_xception39:synthetic", "--to", "onnx", "--input-size", "64", "64", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    manifest = json.loads((out / "bisenet_xception39-synthetic-onnx-fp32" / "manifest.json").read_text())
+    assert manifest["source"]["weights"]["named"] == "bisenet_xception39:synthetic" and manifest["parity"]["passed"]
+    r = run_cli("export", "bisenet_xception39:nosuchtag", "--to", "onnx", "--out", str(out))
+    assert r.returncode == 2 and "bisenet_xception39:synthetic" in r.stderr  # not found, with the closest name

@@ -68,8 +68,18 @@ def test_trained_mobilenetv2_fp32_keeps_eager_top5(imagenet, target, tmp_path, c
 
 
 # The int8 rows of a trained classifier, judged with the default calibration (docs/measurements.md#int8-trained).
+TRAINED_INT8_XFAIL = {
+    "openvino": "NNCF with global min/max ranges: worst logits cosine 0.862 (NNCF's default ranges 0.977)",
+    "tflite": "ai-edge-quantizer with global min/max ranges: worst logits cosine 0.920",
+    "trt": "ORT QDQ MinMax on inputs and outputs: worst logits cosine 0.794, top-1 agreement 0.775",
+}
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("target", ["openvino", "tflite", "trt"])
+@pytest.mark.parametrize(
+    "target",
+    [pytest.param(t, marks=pytest.mark.xfail(strict=True, reason=r)) for t, r in TRAINED_INT8_XFAIL.items()],
+)
 def test_trained_mobilenetv2_int8_passes_its_row(imagenet, target, tmp_path):
     from lightdeploy.pipeline import export
 

@@ -15,8 +15,8 @@ import tempfile
 from collections import Counter
 from pathlib import Path
 
-from lightdeploy.errors import UsageError, require
-from lightdeploy.exporters.checking import CheckReport, Finding
+from lightdeploy.errors import require
+from lightdeploy.exporters.checking import CheckReport, Finding, load_checked_onnx
 from lightdeploy.exporters.onnx.graph import node_module
 
 DEVICE = "CPU"
@@ -32,19 +32,10 @@ def check_onnx(model_or_path, *, subject: str | None = None) -> CheckReport:
     version = ov.__version__.split("-")[0]  # "2026.4.1-22982-<commit>-releases/..." -> "2026.4.1"
 
     with tempfile.TemporaryDirectory(prefix="lightdeploy-ov-check-") as tmp:
-        if isinstance(model_or_path, (str, Path)):
-            path = Path(model_or_path)
-            if not path.is_file():
-                raise UsageError(f"ONNX file {str(path)!r} does not exist.")
-            try:
-                model = onnx.load(str(path))
-            except Exception as exc:  # noqa: BLE001 - any parse error is a bad file
-                raise UsageError(f"{str(path)!r} is not a readable ONNX model ({exc}).") from None
-            subject = subject or path.name
-        else:
-            model, path = model_or_path, Path(tmp) / "model.onnx"
+        model, path, subject = load_checked_onnx(model_or_path, subject, onnx)
+        if path is None:  # OpenVINO's frontend reads a file
+            path = Path(tmp) / "model.onnx"
             onnx.save(model, str(path))
-            subject = subject or (model.graph.name or "model")
         frontend = FrontEndManager().load_by_framework("onnx")
         converted = frontend.convert_partially(frontend.load(str(path)))
     # OpenVINO names a converted op after its ONNX node, or after the node's output tensor.

@@ -9,10 +9,9 @@ model and runs ``check_prepared`` (``lightdeploy/checks.py``).
 from __future__ import annotations
 
 from collections import Counter
-from pathlib import Path
 
-from lightdeploy.errors import UsageError, require
-from lightdeploy.exporters.checking import CheckReport, Finding
+from lightdeploy.errors import require
+from lightdeploy.exporters.checking import CheckReport, Finding, load_checked_onnx
 from lightdeploy.exporters.onnx.graph import graph_constants, node_module, static_shapes
 from lightdeploy.exporters.tensorrt import support
 
@@ -24,18 +23,7 @@ def check_onnx(model_or_path, *, subject: str | None = None, rewrites: list[str]
     ``rewrites``: what ``prepare.prepare`` changed before, reported with the findings."""
     onnx = require("onnx", package="onnx", extra="onnx", purpose="The TensorRT operator check")
 
-    if isinstance(model_or_path, (str, Path)):
-        path = Path(model_or_path)
-        if not path.is_file():
-            raise UsageError(f"ONNX file {str(path)!r} does not exist.")
-        try:
-            model = onnx.load(str(path))
-        except Exception as exc:  # noqa: BLE001 - any parse error is a bad file
-            raise UsageError(f"{str(path)!r} is not a readable ONNX model ({exc}).") from None
-        subject = subject or path.name
-    else:
-        model = model_or_path
-        subject = subject or (model.graph.name or "model")
+    model, _, subject = load_checked_onnx(model_or_path, subject, onnx)
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
     findings = [Finding(sev, "(model)", "opset", "", msg) for sev, msg in support.opset_problems(opset)]
     counts: Counter = Counter()

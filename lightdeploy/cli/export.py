@@ -99,11 +99,19 @@ def export(
         raise typer.Exit(1)
 
 
-def _subject(model, task, input_size, name, mean, std, num_classes, weights, weights_key, progress):
-    """A registered name as it is; a factory reference built and checked (``usermodel.from_factory``)."""
+def _is_factory(text: str) -> bool:
+    """A factory reference (``pkg.module:fn``, ``file.py:fn``) unless it names registered weights:
+    ``MODEL:TAG`` with MODEL in the registry (``mobilenetv2:imagenet``; an unknown TAG then gets the
+    registry's error with the closest names, not a factory's)."""
+    from lightdeploy.models.registry import is_registered
     from lightdeploy.references import is_reference
 
-    if not is_reference(model):
+    return is_reference(text) and not is_registered(text) and not is_registered(text.partition(":")[0])
+
+
+def _subject(model, task, input_size, name, mean, std, num_classes, weights, weights_key, progress):
+    """A registered name as it is; a factory reference built and checked (``usermodel.from_factory``)."""
+    if not _is_factory(model):
         from lightdeploy.models.registry import get_spec
 
         given = [
@@ -193,10 +201,9 @@ def check(
 ):
     """Check every op against the target's operator support, before any build (exit 2 if unsupported)."""
     from lightdeploy.checks import check as run_check
-    from lightdeploy.references import is_reference
 
     model = subject
-    if is_reference(subject):
+    if _is_factory(subject):
         model = _subject(subject, task, input_size, None, None, None, num_classes, None, None, lambda msg: None)
     report = run_check(model, to, input_size=input_size, opset=opset)
     if as_json:

@@ -142,6 +142,12 @@ def get_spec(name: str) -> ModelSpec:
         raise unknown_name_error("model", name, list(_REGISTRY)) from None
 
 
+def is_registered(name: str) -> bool:
+    """Whether ``name`` is a registered model (``MODEL:TAG`` named weights included)."""
+    _ensure_families_loaded()
+    return name in _REGISTRY
+
+
 def list_models(task: str | None = None) -> list[str]:
     """Registered names (aliases included), family by family in BUILTIN_FAMILIES order, then models
     registered elsewhere, each in registration order; optionally of one task."""

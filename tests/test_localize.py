@@ -76,6 +76,16 @@ def test_a_clean_artifact_has_no_divergent_module(tiny, target):
     assert "no module's output leaves the tolerance row" in report.summary()
 
 
+def test_an_fp16_openvino_ir_is_read_through_its_tensor_names(tmp_path):
+    """FP16 weights sit behind Convert ops; the module outputs keep their ONNX tensor names."""
+    (outcome,) = export_module(
+        tiny_classifier, task="classify", input_size=SIZE, targets=("openvino",), precision="fp16", out=tmp_path
+    )
+    report = localize(outcome.folder, threads=1)
+    assert report.precision == "fp16" and report.reliable and report.first is None, report.summary()
+    assert "tensor not found in the openvino graph" not in report.skipped and len(report.modules) >= 6
+
+
 @pytest.mark.parametrize("target", TARGETS)
 def test_a_corrupted_weight_is_found_in_its_block(tiny, target, tmp_path):
     folder = shutil.copytree(tiny[target], tmp_path / "corrupt")

@@ -323,9 +323,28 @@ def parity(folder: str | Path, *, images=None, threads: int | None = None, model
     manifest = read_manifest(folder, verify=True)
     exporter = exporter_for_backend(manifest["backend"])
     if model is None:
-        from lightdeploy.factory import eager_from_manifest
-        from lightdeploy.weights import recorded_weights
-
-        found = recorded_weights(manifest["source"].get("weights"), weights, search=[folder.parent, Path.cwd()])
-        model = eager_from_manifest(manifest, weights=found)
+        model = eager_model(folder, weights)
     return run_parity(folder, model=model, images=images, threads=threads, estimator=exporter.estimator)
+
+
+def localize(folder: str | Path, *, images=None, threads: int | None = None, model=None, weights=None):
+    """The first module of an artifact whose output leaves its tolerance row
+    (``lightdeploy.parity.localize``); eager and ``weights`` as for ``parity``."""
+    from lightdeploy.parity.localize import localize as run_localize
+
+    if model is None:
+        model = eager_model(folder, weights)
+    return run_localize(folder, model=model, images=images, threads=threads)
+
+
+def eager_model(folder: str | Path, weights=None):
+    """The eager model an artifact was exported from, rebuilt from its manifest with the recorded
+    weights file found (``weights``, else beside the artifact or in the current folder)."""
+    from lightdeploy.factory import eager_from_manifest
+    from lightdeploy.runtimes.manifest import read_manifest
+    from lightdeploy.weights import recorded_weights
+
+    folder = Path(folder)
+    manifest = read_manifest(folder, verify=True)
+    found = recorded_weights(manifest["source"].get("weights"), weights, search=[folder.parent, Path.cwd()])
+    return eager_from_manifest(manifest, weights=found)

@@ -163,29 +163,51 @@ def parity(
     weights: Path | None = typer.Option(
         None, "--weights", help="The weights file the artifact was exported from (checked by its sha256)."
     ),
+    localize: bool = typer.Option(
+        False,
+        "--localize",
+        help="Also find the first module whose output leaves the tolerance row (ONNX Runtime and OpenVINO).",
+    ),
     quiet: bool = typer.Option(False, "--quiet"),
 ):
     """Re-run the parity gate on exported artifacts (eager is rebuilt from each manifest)."""
     from lightdeploy.parity import write_json, write_junit
     from lightdeploy.parity.report import render_table
+    from lightdeploy.pipeline import eager_model
+    from lightdeploy.pipeline import localize as run_localize
     from lightdeploy.pipeline import parity as run_gate
     from lightdeploy.samples import images_from_dir
 
+    if localize:
+        _check_localizable(artifacts)  # before any work: a TFLite or TensorRT artifact is refused (exit 2)
     imgs = images_from_dir(images) if images else None
     reports = []
     for folder in artifacts:
         progress_printer(quiet)(f"parity of {folder}")
-        report = run_gate(folder, images=imgs, threads=threads, weights=weights)
+        model = eager_model(folder, weights) if localize else None  # built once for both
+        report = run_gate(folder, images=imgs, threads=threads, weights=weights, model=model)
         reports.append(report)
         if not quiet:
             console.print(render_table(report))
         console.print(report.summary(), highlight=False)
+        if localize:
+            progress_printer(quiet)(f"localising {folder}")
+            found = run_localize(folder, images=imgs, threads=threads, model=model)
+            console.print(escape(found.summary()), highlight=False)
     if json_out:
         write_json(reports, json_out)
     if junit:
         write_junit(reports, junit)
     if not all(r.passed for r in reports):
         raise typer.Exit(1)
+
+
+def _check_localizable(artifacts: list[Path]) -> None:
+    from lightdeploy.parity.localize import check_localizable
+    from lightdeploy.runtimes.manifest import read_manifest
+
+    for folder in artifacts:
+        check_localizable(read_manifest(folder, verify=False))
 
 
 # ----------------------------------------------------------------------------------- check / build

@@ -154,3 +154,27 @@ def test_named_weights_are_models_not_factories(tmp_path):
     assert manifest["source"]["weights"]["named"] == "bisenet_xception39:synthetic" and manifest["parity"]["passed"]
     r = run_cli("export", "bisenet_xception39:nosuchtag", "--to", "onnx", "--out", str(out))
     assert r.returncode == 2 and "bisenet_xception39:synthetic" in r.stderr  # not found, with the closest name
+
+
+def test_target_aliases_resolve_to_the_canonical_name():
+    import pytest
+
+    from lightdeploy.errors import UsageError
+    from lightdeploy.exporters import resolve_target
+
+    typed = {"tensorrt": "trt", "engine": "trt", "ov": "openvino", "litert": "tflite", "ort": "onnx"}
+    typed |= {"onnxruntime": "onnx", "OpenVINO": "openvino", "trt": "trt"}
+    assert {name: resolve_target(name) for name in typed} == typed
+    with pytest.raises(UsageError, match=r"Available targets: onnx, openvino, tflite, trt \(aliases: .*ov = openvino"):
+        resolve_target("coreml")
+
+
+def test_export_to_an_alias_writes_the_canonical_folder(tmp_path):
+    out = tmp_path / "o"
+    r = run_cli("export", "snet49", "--to", "ov", "--input-size", "64", "64", "--no-parity", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    assert [p.name for p in out.iterdir()] == ["snet49-openvino-fp32"]
+    manifest = json.loads((out / "snet49-openvino-fp32" / "manifest.json").read_text())
+    assert manifest["target"] == "openvino"
+    r = run_cli("check", "snet49", "--to", "onnxruntime")  # aliases resolve before check's own target list
+    assert r.returncode == 2 and "checks exist for: trt, openvino, tflite" in r.stderr

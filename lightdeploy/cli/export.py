@@ -21,7 +21,11 @@ def export(
         help="A registered model name (see `lightdeploy list`), or your own model's factory: "
         "pkg.module:function or path/to/file.py:function (it returns an nn.Module; give --task and --input-size).",
     ),
-    to: list[str] = typer.Option(..., "--to", help="Target(s): repeat --to for several."),
+    to: list[str] = typer.Option(
+        ...,
+        "--to",
+        help="Target(s): onnx, openvino, tflite, trt (also ort, ov, litert, tensorrt/engine); repeat --to for several.",
+    ),
     fp16: bool = typer.Option(False, "--fp16", help="FP16 weights/compute where the target offers it."),
     int8: bool = typer.Option(False, "--int8", help="INT8 post-training quantisation."),
     calib: Path | None = typer.Option(None, "--calib", help="Folder of calibration images for --int8."),
@@ -214,7 +218,9 @@ def _check_localizable(artifacts: list[Path]) -> None:
 @handle_errors
 def check(
     subject: str = typer.Argument(..., metavar="MODEL|FACTORY|ONNX_FILE"),
-    to: str = typer.Option(..., "--to", help="Target whose operator support to check: trt, openvino or tflite."),
+    to: str = typer.Option(
+        ..., "--to", help="Target whose operator support to check: trt, openvino or tflite (or tensorrt, ov, litert)."
+    ),
     input_size: tuple[int, int] | None = typer.Option(None, "--input-size", help="H W"),
     task: str | None = typer.Option(None, "--task", help="Your own model's task (with a FACTORY)."),
     num_classes: int | None = typer.Option(None, "--num-classes", help="Passed to a FACTORY that takes it."),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 from conftest import run_cli
@@ -178,3 +179,21 @@ def test_export_to_an_alias_writes_the_canonical_folder(tmp_path):
     assert manifest["target"] == "openvino"
     r = run_cli("check", "snet49", "--to", "onnxruntime")  # aliases resolve before check's own target list
     assert r.returncode == 2 and "checks exist for: trt, openvino, tflite" in r.stderr
+
+
+def test_verbose_reaches_the_converters_switch(monkeypatch):
+    """`lightdeploy --verbose CMD` sets LIGHTDEPLOY_VERBOSE, which `logs.quiet()` reads; without it, the CLI
+    (not the library's import) quiets TensorFlow's C++ logging, unless the user set it."""
+    from typer.testing import CliRunner
+
+    from lightdeploy.cli import app
+    from lightdeploy.logs import VERBOSE_ENV, verbose
+
+    monkeypatch.delenv(VERBOSE_ENV, raising=False)
+    monkeypatch.delenv("TF_CPP_MIN_LOG_LEVEL", raising=False)
+    r = CliRunner().invoke(app, ["info", "snet49"])
+    assert r.exit_code == 0, r.output
+    assert not verbose() and os.environ["TF_CPP_MIN_LOG_LEVEL"] == "2"
+    r = CliRunner().invoke(app, ["--verbose", "info", "snet49"])
+    assert r.exit_code == 0, r.output
+    assert verbose()

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import functools
+import logging
+import os
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 
 from lightdeploy.errors import LightdeployError, MissingDependencyError
+from lightdeploy.logs import VERBOSE_ENV
 
 console = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)  # soft wrap: messages stay whole lines when piped
@@ -45,3 +48,18 @@ def progress_printer(quiet: bool):
     if quiet:
         return lambda msg: None
     return lambda msg: err.print(f"[dim]… {msg}[/]", highlight=False)
+
+
+def configure_output(verbose: bool) -> None:
+    """``--verbose`` lets the converters' own output through (``logs.verbose()``); without it, quiet the
+    third-party logging that ``logs.quiet()`` cannot catch because it is decided when those libraries
+    import.  Done by the CLI only: importing lightdeploy as a library changes nobody's environment."""
+    if verbose:
+        os.environ[VERBOSE_ENV] = "1"
+        return
+    # TensorFlow's C++ INFO and WARNING lines (litert-torch loads TensorFlow); read at its import
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # torchao (imported by litert-torch) warns on import about its optional kernels ("Failed to load
+    # ...so") and registers an Enum in a deprecated way; neither concerns the user's export
+    logging.getLogger("torchao").setLevel(logging.ERROR)
+    logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)

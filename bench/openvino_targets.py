@@ -61,7 +61,7 @@ def main(argv=None) -> int:
         progress=lambda m: console.print(f"[dim]{m}[/]"),
         allow_unverified=True,  # speed and parity are separate facts: failed artifacts are timed too
     )
-    console.print(render_table(rows))
+    console.print(render_table(rows, console.width))
     by = {(r.model, r.runtime): r.median_ms for r in rows}
     for model in models:
         fp32, int8 = by.get((model, "openvino/fp32")), by.get((model, "openvino/int8"))

@@ -76,7 +76,7 @@ def main(argv=None) -> int:
         progress=lambda m: console.print(f"[dim]{m}[/]"),
         allow_unverified=True,  # speed and parity are separate facts: failed artifacts are timed too
     )
-    console.print(render_table(rows))
+    console.print(render_table(rows, console.width))
     if args.out:
         write_json(rows, Path(args.out) / "bench-tflite.json")
     by = {(r.model, r.runtime): r.median_ms for r in rows}

@@ -17,6 +17,15 @@ TARGETS = {
     "tflite": "lightdeploy.exporters.tflite",
     "trt": "lightdeploy.exporters.tensorrt",
 }
+# other names users type -> the canonical target; artifact folders and manifests keep the canonical name
+TARGET_ALIASES = {
+    "onnxruntime": "onnx",
+    "ort": "onnx",
+    "ov": "openvino",
+    "litert": "tflite",
+    "tensorrt": "trt",
+    "engine": "trt",
+}
 # the manifest's "backend" -> the target that writes it
 BACKEND_TARGETS = {"onnxruntime": "onnx", "openvino": "openvino", "tflite": "tflite", "tensorrt": "trt"}
 
@@ -25,10 +34,22 @@ def available_targets() -> list[str]:
     return list(TARGETS)
 
 
-def get_exporter(target: str):
+def resolve_target(name: str) -> str:
+    """The canonical name of a target given by its name or an alias (``ov`` -> ``openvino``).
+
+    The one place aliases are resolved: the pipeline, the checks and ``get_exporter`` all call it."""
+    key = name.strip().lower()
+    target = TARGET_ALIASES.get(key, key)
     if target not in TARGETS:
-        raise UsageError(f"Unknown export target {target!r}. Available targets: {', '.join(TARGETS)}.")
-    return importlib.import_module(TARGETS[target]).EXPORTER
+        aliases = ", ".join(f"{alias} = {canonical}" for alias, canonical in TARGET_ALIASES.items())
+        raise UsageError(
+            f"Unknown export target {name!r}. Available targets: {', '.join(TARGETS)} (aliases: {aliases})."
+        )
+    return target
+
+
+def get_exporter(target: str):
+    return importlib.import_module(TARGETS[resolve_target(target)]).EXPORTER
 
 
 def exporter_for_backend(backend: str):

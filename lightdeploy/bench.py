@@ -121,16 +121,24 @@ def write_json(rows: list[BenchRow], path: str | Path) -> None:
     Path(path).write_text(json.dumps([asdict(r) for r in rows], indent=2))
 
 
-def render_table(rows: list[BenchRow]):
+def render_table(rows: list[BenchRow], width: int = 80):
+    """The latency table; under 100 columns the runtime goes on a second line under the subject, so an
+    80-column terminal shows whole artifact names instead of folding every column."""
     from rich.table import Table
+    from rich.text import Text
 
-    table = Table(title=f"latency, batch as exported, {rows[0].threads if rows else '?'} threads")
-    for col in ("subject", "runtime", "input", "median ms", "p90 ms", "x eager"):
-        table.add_column(col, overflow="fold")
+    wide = width >= 100
+    table = Table(title=f"latency (ms), batch as exported, {rows[0].threads if rows else '?'} threads")
+    table.add_column("subject" if wide else "subject / runtime", overflow="fold")
+    if wide:
+        table.add_column("runtime", overflow="fold")
+    table.add_column("input")
+    for col in ("median", "p90", "x eager"):
+        table.add_column(col, justify="right")
     for r in rows:
+        subject = [r.subject, r.runtime] if wide else [Text.assemble(r.subject, "\n", (r.runtime, "dim"))]
         table.add_row(
-            r.subject,
-            r.runtime,
+            *subject,
             "x".join(map(str, r.input_shape)),
             f"{r.median_ms:.2f}",
             f"{r.p90_ms:.2f}",

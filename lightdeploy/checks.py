@@ -17,6 +17,7 @@ import tempfile
 from pathlib import Path
 
 from lightdeploy.errors import UsageError
+from lightdeploy.exporters import resolve_target
 from lightdeploy.exporters.base import ExportJob, ExportOptions
 from lightdeploy.jobs import make_job
 from lightdeploy.usermodel import UserModel
@@ -41,7 +42,7 @@ def check_model(
     from lightdeploy.factory import create_model
     from lightdeploy.models.registry import get_spec
 
-    _check_target(target)
+    target = _check_target(target)
     if isinstance(model, UserModel):
         spec, module = model.spec, model.deployable()
         size = spec.input_size
@@ -81,7 +82,7 @@ def check_job(job: ExportJob):
 
 def check(subject: str | UserModel, target: str, *, input_size: tuple[int, int] | None = None, opset: int = 18):
     """The CLI entry: an existing ``.onnx`` file, a registered model name, or your own model."""
-    _check_target(target)
+    target = _check_target(target)
     if isinstance(subject, str):
         path = Path(subject)
         if path.suffix == ".onnx" or path.is_file():
@@ -104,8 +105,11 @@ def _check_onnx_file(path: Path, target: str):
     return check_onnx(path)
 
 
-def _check_target(target: str) -> None:
-    if target not in CHECK_TARGETS:
+def _check_target(target: str) -> str:
+    """The canonical name of a checkable target (aliases resolved: ``tensorrt`` -> ``trt``)."""
+    canonical = resolve_target(target)
+    if canonical not in CHECK_TARGETS:
         raise UsageError(
             f"`lightdeploy check --to {target}` is not available; checks exist for: {', '.join(CHECK_TARGETS)}."
         )
+    return canonical

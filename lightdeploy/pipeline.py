@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lightdeploy.errors import ParityError, UsageError
-from lightdeploy.exporters import exporter_for_backend, get_exporter
+from lightdeploy.exporters import exporter_for_backend, get_exporter, resolve_target
 from lightdeploy.exporters.base import PRECISIONS, ExportOptions, ExportResult
 from lightdeploy.jobs import make_job, manifest_for, registry_source
 from lightdeploy.usermodel import UserModel
@@ -87,6 +87,7 @@ def export(
 
     user = model if isinstance(model, UserModel) else None
     spec = user.spec if user else get_spec(model)
+    target = resolve_target(target)  # `ov` -> openvino: the folder and the manifest use the canonical name
     check_request([target], precision)
     exporter = get_exporter(target)
     if user and (weights is not None or num_classes is not None):

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import itertools
 import json
+import os
 import shutil
+from types import SimpleNamespace
 
 from conftest import run_cli
 
@@ -154,3 +157,84 @@ def test_named_weights_are_models_not_factories(tmp_path):
     assert manifest["source"]["weights"]["named"] == "bisenet_xception39:synthetic" and manifest["parity"]["passed"]
     r = run_cli("export", "bisenet_xception39:nosuchtag", "--to", "onnx", "--out", str(out))
     assert r.returncode == 2 and "bisenet_xception39:synthetic" in r.stderr  # not found, with the closest name
+
+
+def test_target_aliases_resolve_to_the_canonical_name():
+    import pytest
+
+    from lightdeploy.errors import UsageError
+    from lightdeploy.exporters import resolve_target
+
+    typed = {"tensorrt": "trt", "engine": "trt", "ov": "openvino", "litert": "tflite", "ort": "onnx"}
+    typed |= {"onnxruntime": "onnx", "OpenVINO": "openvino", "trt": "trt"}
+    assert {name: resolve_target(name) for name in typed} == typed
+    with pytest.raises(UsageError, match=r"Available targets: onnx, openvino, tflite, trt \(aliases: .*ov = openvino"):
+        resolve_target("coreml")
+
+
+def test_export_to_an_alias_writes_the_canonical_folder(tmp_path):
+    out = tmp_path / "o"
+    r = run_cli("export", "snet49", "--to", "ov", "--input-size", "64", "64", "--no-parity", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    assert [p.name for p in out.iterdir()] == ["snet49-openvino-fp32"]
+    assert "[building snet49 took" in r.stderr and "[exporting to openvino (fp32) took" in r.stderr
+    manifest = json.loads((out / "snet49-openvino-fp32" / "manifest.json").read_text())
+    assert manifest["target"] == "openvino"
+    r = run_cli("check", "snet49", "--to", "onnxruntime")  # aliases resolve before check's own target list
+    assert r.returncode == 2 and "checks exist for: trt, openvino, tflite" in r.stderr
+
+
+def test_verbose_reaches_the_converters_switch(monkeypatch):
+    """`lightdeploy --verbose CMD` sets LIGHTDEPLOY_VERBOSE, which `logs.quiet()` reads; without it, the CLI
+    (not the library's import) quiets TensorFlow's C++ logging, unless the user set it."""
+    from typer.testing import CliRunner
+
+    from lightdeploy.cli import app
+    from lightdeploy.logs import VERBOSE_ENV, verbose
+
+    monkeypatch.delenv(VERBOSE_ENV, raising=False)
+    monkeypatch.delenv("TF_CPP_MIN_LOG_LEVEL", raising=False)
+    r = CliRunner().invoke(app, ["info", "snet49"])
+    assert r.exit_code == 0, r.output
+    assert not verbose() and os.environ["TF_CPP_MIN_LOG_LEVEL"] == "2"
+    r = CliRunner().invoke(app, ["--verbose", "info", "snet49"])
+    assert r.exit_code == 0, r.output
+    assert verbose()
+
+
+def test_progress_lines_time_the_previous_stage(capsys, monkeypatch):
+    from lightdeploy.cli import common
+
+    clock = itertools.chain([10.0, 13.24, 14.0, 20.5], itertools.count())
+    monkeypatch.setattr(common, "time", SimpleNamespace(perf_counter=lambda: next(clock)))  # this module's only
+    progress = common.Progress()
+    progress("building [snet49]")  # brackets in a message are text, not rich markup
+    progress("exporting")
+    progress.done()
+    progress.done()  # nothing open: no line
+    lines = capsys.readouterr().err.splitlines()
+    assert lines == [
+        "… building [snet49]",
+        "… exporting   [building [snet49] took 3.2 s]",
+        "… done   [exporting took 6.5 s]",
+    ]
+    quiet = common.Progress(quiet=True)
+    quiet("building")
+    quiet.done()
+    assert capsys.readouterr().err == ""
+
+
+def test_bench_table_fits_80_columns():
+    from rich.console import Console
+
+    from lightdeploy.bench import BenchRow, render_table
+
+    name = "mobilenetv2_x0.35-openvino-fp16"
+    rows = [
+        BenchRow("mobilenetv2_x0.35", "mobilenetv2_x0.35", "eager", [1, 3, 224, 224], 2, 50, 3.21, 3.5, 1.0),
+        BenchRow(name, "mobilenetv2_x0.35", "openvino/fp16", [1, 3, 224, 224], 2, 50, 123.21, 130.5, 0.38),
+    ]
+    console = Console(width=80, record=True)
+    console.print(render_table(rows, console.width))
+    text = console.export_text()
+    assert max(len(line) for line in text.splitlines()) <= 80 and name in text and "openvino/fp16" in text

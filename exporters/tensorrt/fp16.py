@@ -207,7 +207,10 @@ def fp16_onnx(onnx_model, pinned_nodes: list[str]):
 
     for init in graph.initializer:
         if init.data_type == TensorProto.FLOAT and rounds(init.name):
-            value = numpy_helper.to_array(init).astype(np.float16).astype(np.float32)
+            # a weight beyond float16's range becomes inf; the parity gate judges the result, so numpy's
+            # overflow warning would only be noise in the CLI's output
+            with np.errstate(over="ignore"):
+                value = numpy_helper.to_array(init).astype(np.float16).astype(np.float32)
             init.CopyFrom(numpy_helper.from_array(value, init.name))
 
     def cast_pair(src, dst):

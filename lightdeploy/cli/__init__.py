@@ -10,6 +10,7 @@ from __future__ import annotations
 import typer
 
 from lightdeploy.cli import export, run
+from lightdeploy.cli.common import configure_output
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -17,6 +18,17 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="Lightweight vision models from PyTorch to the edge, with parity proven against eager.",
 )
+
+
+@app.callback()
+def options(
+    verbose: bool = typer.Option(
+        False, "--verbose", help="Show the converters' own output and warnings (sets LIGHTDEPLOY_VERBOSE=1)."
+    ),
+):
+    configure_output(verbose)
+
+
 app.command("list")(run.list_cmd)
 app.command()(run.info)
 app.command()(export.export)

@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 from rich.markup import escape
 
-from lightdeploy.cli.common import console, err, handle_errors, progress_printer
+from lightdeploy.cli.common import Progress, console, err, handle_errors
 from lightdeploy.errors import LightdeployError, UsageError
 
 
@@ -21,7 +21,11 @@ def export(
         help="A registered model name (see `lightdeploy list`), or your own model's factory: "
         "pkg.module:function or path/to/file.py:function (it returns an nn.Module; give --task and --input-size).",
     ),
-    to: list[str] = typer.Option(..., "--to", help="Target(s): repeat --to for several."),
+    to: list[str] = typer.Option(
+        ...,
+        "--to",
+        help="Target(s): onnx, openvino, tflite, trt (also ort, ov, litert, tensorrt/engine); repeat --to for several.",
+    ),
     fp16: bool = typer.Option(False, "--fp16", help="FP16 weights/compute where the target offers it."),
     int8: bool = typer.Option(False, "--int8", help="INT8 post-training quantisation."),
     calib: Path | None = typer.Option(None, "--calib", help="Folder of calibration images for --int8."),
@@ -60,9 +64,8 @@ def export(
         raise UsageError("--calib is for --int8 only.")
     precision = "int8" if int8 else "fp16" if fp16 else "fp32"
     check_request(to, precision)  # every target and the precision, before any work
-    subject = _subject(
-        model, task, input_size, name, mean, std, num_classes, weights, weights_key, progress_printer(quiet)
-    )
+    progress = Progress(quiet)
+    subject = _subject(model, task, input_size, name, mean, std, num_classes, weights, weights_key, progress)
     own = not isinstance(subject, str)  # your own model comes with its weights and class count
     extra = {"raw_heads": True} if raw_heads else {}
     failed = False
@@ -86,14 +89,16 @@ def export(
                 parity=not no_parity,
                 images_dir=str(images) if images else None,
                 extra=extra,
-                progress=progress_printer(quiet),
+                progress=progress,
             )
         except LightdeployError as exc:
             if exc.exit_code != 1:
                 raise
+            progress.done()
             failed = True
             err.print(f"[bold red]{escape(str(exc))}[/]", highlight=False)
             continue
+        progress.done()
         _print_outcome(outcome, quiet)
     if failed:
         raise typer.Exit(1)
@@ -182,17 +187,21 @@ def parity(
         _check_localizable(artifacts)  # before any work: a TFLite or TensorRT artifact is refused (exit 2)
     imgs = images_from_dir(images) if images else None
     reports = []
+    progress = Progress(quiet)
     for folder in artifacts:
-        progress_printer(quiet)(f"parity of {folder}")
+        progress(f"parity of {folder}")
         model = eager_model(folder, weights) if localize else None  # built once for both
         report = run_gate(folder, images=imgs, threads=threads, weights=weights, model=model)
         reports.append(report)
+        found = None
+        if localize:
+            progress(f"localising {folder}")
+            found = run_localize(folder, images=imgs, threads=threads, model=model)
+        progress.done()
         if not quiet:
             console.print(render_table(report))
         console.print(report.summary(), highlight=False)
-        if localize:
-            progress_printer(quiet)(f"localising {folder}")
-            found = run_localize(folder, images=imgs, threads=threads, model=model)
+        if found is not None:
             console.print(escape(found.summary()), highlight=False)
     if json_out:
         write_json(reports, json_out)
@@ -214,7 +223,9 @@ def _check_localizable(artifacts: list[Path]) -> None:
 @handle_errors
 def check(
     subject: str = typer.Argument(..., metavar="MODEL|FACTORY|ONNX_FILE"),
-    to: str = typer.Option(..., "--to", help="Target whose operator support to check: trt, openvino or tflite."),
+    to: str = typer.Option(
+        ..., "--to", help="Target whose operator support to check: trt, openvino or tflite (or tensorrt, ov, litert)."
+    ),
     input_size: tuple[int, int] | None = typer.Option(None, "--input-size", help="H W"),
     task: str | None = typer.Option(None, "--task", help="Your own model's task (with a FACTORY)."),
     num_classes: int | None = typer.Option(None, "--num-classes", help="Passed to a FACTORY that takes it."),
@@ -249,13 +260,15 @@ def build(
     from lightdeploy.build import build as build_engine
     from lightdeploy.parity.report import render_table
 
+    progress = Progress(quiet)
     report = build_engine(
         artifact,
         parity=not no_parity,
         images_dir=str(images) if images else None,
         weights=weights,
-        progress=progress_printer(quiet),
+        progress=progress,
     )
+    progress.done()
     if report is None:
         console.print(f"[bold]{artifact}[/]: engine built; parity NOT RUN (--no-parity)", highlight=False)
         return

@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 from rich.markup import escape
 
-from lightdeploy.cli.common import console, err, handle_errors, progress_printer
+from lightdeploy.cli.common import Progress, console, err, handle_errors
 from lightdeploy.errors import UsageError
 
 
@@ -110,15 +110,17 @@ def bench(
 
     if runs < 1 or warmup < 0 or threads < 1:
         raise UsageError("--runs and --threads must be at least 1, --warmup at least 0.")
+    progress = Progress(quiet)
     rows = benchmod.bench(
         subjects,
         runs=runs,
         warmup=warmup,
         threads=threads,
-        progress=progress_printer(quiet),
+        progress=progress,
         allow_unverified=allow_unverified,
     )
-    console.print(benchmod.render_table(rows))
+    progress.done()
+    console.print(benchmod.render_table(rows, console.width))
     if json_out:
         benchmod.write_json(rows, json_out)
     if plot:

@@ -172,3 +172,16 @@ def test_cli_exit_2_on_malformed_annotations(artifacts, tmp_path):
     write_coco(tmp_path, annotation={"bbox": "oops"})
     result = run_cli("eval", str(artifacts["detect"]), "--data", str(tmp_path), "--quiet")
     assert result.returncode == 2 and "no bbox" in result.stderr
+
+
+def test_a_model_given_beside_its_artifact_is_scored_once(tmp_path):
+    """`eval MODEL MODEL-onnx-fp32`: the name's eager run is the artifact's eager reference (same source)."""
+    from lightdeploy.eager import eager_manifest
+    from lightdeploy.evaluation.run import _default_source
+    from lightdeploy.pipeline import export
+    from lightdeploy.runtimes.manifest import read_manifest
+
+    folder = export("shufflenetv2_x0.5", "onnx", out=tmp_path, parity=False).folder
+    recorded = read_manifest(folder, verify=False)["source"]
+    ours = _default_source("shufflenetv2_x0.5", eager_manifest("shufflenetv2_x0.5"))
+    assert json.dumps(ours, sort_keys=True) == json.dumps(recorded, sort_keys=True)

@@ -105,14 +105,27 @@ def evaluate(
             )
         else:
             manifest = eager_manifest(subject)
-            if subject in eager_scores:
+            # The same key an artifact exported from this name with default options records, so a model
+            # given beside its artifacts is scored (and listed) once.
+            eager_key = json.dumps(_default_source(subject, manifest), sort_keys=True)
+            if eager_key in eager_scores:
                 continue
             scores = run(f"eager {subject}", _eager(manifest, create_model(subject)), manifest)
-            eager_scores[subject] = scores
+            eager_scores[eager_key] = scores
             rows.append(EvalRow(subject, subject, manifest["task"], "eager", scores))
     if not rows:
         raise UsageError("Nothing to evaluate: give model names or artifact folders.")
     return rows
+
+
+def _default_source(name: str, manifest: dict) -> dict:
+    """The manifest ``source`` of an export of registry model ``name`` at its default options."""
+    from lightdeploy.factory import DEFAULT_SEED
+    from lightdeploy.jobs import registry_source
+    from lightdeploy.models.registry import get_spec
+
+    size = tuple(manifest["inputs"][0]["shape"][2:])
+    return registry_source(get_spec(name), num_classes=None, input_size=size, weights=None, seed=DEFAULT_SEED)
 
 
 def write_json(rows: list[EvalRow], path: str | Path) -> None:

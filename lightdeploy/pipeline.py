@@ -324,7 +324,7 @@ def parity(folder: str | Path, *, images=None, threads: int | None = None, model
     manifest = read_manifest(folder, verify=True)
     exporter = exporter_for_backend(manifest["backend"])
     if model is None:
-        model = eager_model(folder, weights)
+        model = _eager_from(folder, manifest, weights)
     return run_parity(folder, model=model, images=images, threads=threads, estimator=exporter.estimator)
 
 
@@ -341,11 +341,16 @@ def localize(folder: str | Path, *, images=None, threads: int | None = None, mod
 def eager_model(folder: str | Path, weights=None):
     """The eager model an artifact was exported from, rebuilt from its manifest with the recorded
     weights file found (``weights``, else beside the artifact or in the current folder)."""
-    from lightdeploy.factory import eager_from_manifest
     from lightdeploy.runtimes.manifest import read_manifest
-    from lightdeploy.weights import recorded_weights
 
     folder = Path(folder)
-    manifest = read_manifest(folder, verify=True)
+    return _eager_from(folder, read_manifest(folder, verify=True), weights)
+
+
+def _eager_from(folder: Path, manifest: dict, weights=None):
+    """``eager_model`` for a manifest already read (and its files hashed) by the caller."""
+    from lightdeploy.factory import eager_from_manifest
+    from lightdeploy.weights import recorded_weights
+
     found = recorded_weights(manifest["source"].get("weights"), weights, search=[folder.parent, Path.cwd()])
     return eager_from_manifest(manifest, weights=found)

@@ -165,9 +165,7 @@ def localize(
     from lightdeploy.runtimes.manifest import read_manifest
 
     folder = Path(artifact_dir)
-    if not (folder / "manifest.json").is_file():
-        raise UsageError(f"{str(folder)!r} is not an artifact folder (no manifest.json).")
-    manifest = read_manifest(folder, verify=True)
+    manifest = read_manifest(folder, verify=True)  # a folder without a manifest is refused by name here
     check_localizable(manifest)
     if not (folder / ONNX_FILE).is_file():
         raise UsageError(

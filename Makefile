@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-cpu-dev
 OUT ?= artifacts
 
-.PHONY: demo test test-all install weights clean
+.PHONY: demo test test-all matrix install weights clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -45,9 +45,18 @@ test: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -n 2 --dist loadgroup -q -m "not slow" --durations=30 --junitxml=reports/junit.xml
 
+# The product at a glance: every registered model (or MATRIX_MODELS) x CPU backend x precision, exported,
+# gated and timed: the table, docs/matrix.{json,md,png}.  MATRIX_FLAGS=--resume extends docs/matrix.json
+# with the models it lacks.  Hours for every model on 2 cores; artifacts go to matrix-artifacts/.
+MATRIX_MODELS ?=
+MATRIX_FLAGS ?=
+matrix: $(STAMP) weights
+	$(BIN)/lightdeploy bench --matrix $(MATRIX_MODELS) $(MATRIX_FLAGS) --out matrix-artifacts \
+	  --json docs/matrix.json --markdown docs/matrix.md --plot docs/matrix.png
+
 # Everything, slow set included (about an hour on 2 cores).
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -n 2 --dist loadgroup -q --junitxml=reports/junit-all.xml
 
 clean:
-	rm -rf $(VENV) $(OUT) reports .pytest_cache
+	rm -rf $(VENV) $(OUT) reports .pytest_cache matrix-artifacts

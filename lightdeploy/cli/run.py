@@ -94,23 +94,47 @@ def predict(
 # -------------------------------------------------------------------------------------------- bench
 @handle_errors
 def bench(
-    subjects: list[str] = typer.Argument(..., metavar="MODEL|ARTIFACT_DIR..."),
+    subjects: list[str] = typer.Argument(None, metavar="MODEL|ARTIFACT_DIR..."),
     runs: int = typer.Option(50, "--runs"),
     warmup: int = typer.Option(10, "--warmup"),
     threads: int = typer.Option(2, "--threads"),
     json_out: Path | None = typer.Option(None, "--json"),
-    plot: Path | None = typer.Option(None, "--plot", help="Write a bar chart PNG."),
+    plot: Path | None = typer.Option(
+        None, "--plot", help="Write a PNG: latency bars, or with --matrix latency vs parity."
+    ),
     allow_unverified: bool = typer.Option(
         False, "--allow-unverified", help="Time artifacts whose parity gate failed or never ran too."
     ),
+    matrix: bool = typer.Option(
+        False,
+        "--matrix",
+        help="Export MODELS (default: every registered model) to every CPU backend x precision, "
+        "gate and time each artifact: one table.",
+    ),
+    markdown: Path | None = typer.Option(None, "--markdown", help="--matrix: write the table as Markdown."),
+    resume: bool = typer.Option(False, "--resume", help="--matrix: keep the models already in --json, run the rest."),
+    out: Path = typer.Option(Path("matrix-artifacts"), "--out", help="--matrix: where the artifacts go."),
+    cells: list[str] = typer.Option(
+        None, "--to", metavar="TARGET/PRECISION", help="--matrix: only these cells (default: every CPU one)."
+    ),
     quiet: bool = typer.Option(False, "--quiet"),
 ):
-    """Batch latency (median, p90) of eager PyTorch and each artifact, with ratios to eager."""
+    """Batch latency (median, p90) of eager PyTorch and each artifact, with ratios to eager.
+
+    With --matrix: models x CPU backends x precisions, each exported, gated and timed (lightdeploy.matrix).
+    """
     from lightdeploy import bench as benchmod
 
     if runs < 1 or warmup < 0 or threads < 1:
         raise UsageError("--runs and --threads must be at least 1, --warmup at least 0.")
     progress = Progress(quiet)
+    if matrix:
+        _matrix(subjects, runs, warmup, threads, json_out, plot, markdown, resume, out, cells, progress)
+        return
+    if not subjects:
+        raise UsageError("Name the models or artifact folders to time (or use --matrix).")
+    if markdown or resume or cells:
+        raise UsageError("--markdown, --resume and --to belong to --matrix.")
     rows = benchmod.bench(
         subjects,
         runs=runs,
@@ -125,6 +149,39 @@ def bench(
         benchmod.write_json(rows, json_out)
     if plot:
         benchmod.write_plot(rows, plot)
+
+
+def _matrix(models, runs, warmup, threads, json_out, plot, markdown, resume, out, cells, progress) -> None:
+    import shlex
+    import sys
+
+    from lightdeploy import matrix
+
+    if any(Path(m).is_dir() for m in models or []):
+        raise UsageError("--matrix takes model names (it exports them itself), not artifact folders.")
+    if resume and not (json_out and json_out.is_file()):
+        raise UsageError("--resume reads the cells of an earlier run from --json FILE: give an existing file.")
+    done = matrix.read_json(json_out) if resume else None
+    targets = matrix.parse_cells(cells) if cells else matrix.TARGETS
+    cells = matrix.run_matrix(
+        models or matrix.default_models(),
+        out,
+        targets=targets,
+        threads=threads,
+        runs=runs,
+        warmup=warmup,
+        done=done,
+        progress=progress,
+    )
+    progress.done()
+    console.print(matrix.render_table(cells, console.width))
+    command = "lightdeploy " + shlex.join(sys.argv[1:])
+    meta = matrix.run_meta(threads, runs, command)
+    for path, write in ((json_out, matrix.write_json), (markdown, matrix.write_markdown)):
+        if path:
+            write(cells, path, meta)
+    if plot:
+        matrix.write_plot(cells, plot)
 
 
 # --------------------------------------------------------------------------------------------- eval

@@ -1,0 +1,377 @@
+"""The product at a glance: models x CPU backends x precisions, exported, gated and timed in one run.
+
+    lightdeploy bench --matrix mobilenetv2 thundernet_snet49:synthetic --out matrix/
+    make matrix                      # every registered model (aliases once), docs/matrix.{md,json,png}
+
+Each cell is one artifact: export seconds, the gate's verdict and its key figure, artifact size,
+batch-1 latency (median, p90) at the stated thread count, throughput at batch 8 where the artifact
+takes a batch of 8, and the ratios to eager PyTorch and to ONNX Runtime fp32 of the same model, both
+timed in the same run (a shared machine is noisy across runs).  A failed export or gate is a cell with
+its reason, never a crash: the matrix is a survey.  ``--resume`` keeps the cells of an earlier JSON and
+runs only the models not in it (a model is always re-run whole, so its ratios come from one run), so
+the table can be extended model by model.
+"""
+
+from __future__ import annotations
+
+import datetime
+import functools
+import json
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+
+# (target, precision) per CPU backend; the ONNX artifact is ORT's fp32 reference for the "x ORT" ratio.
+TARGETS: tuple[tuple[str, str], ...] = (
+    ("onnx", "fp32"),
+    ("openvino", "fp32"),
+    ("openvino", "fp16"),
+    ("openvino", "int8"),
+    ("tflite", "fp32"),
+    ("tflite", "fp16"),
+    ("tflite", "int8"),
+)
+THROUGHPUT_BATCH = 8
+DYNAMIC_BATCH_TARGETS = {"onnx", "openvino"}  # TFLite artifacts have a fixed batch
+
+
+@dataclass
+class MatrixCell:
+    model: str
+    target: str
+    precision: str
+    status: str  # "pass", "FAIL" (gate failed, artifact kept and timed) or "error" (no artifact)
+    key: str = ""  # the gate's key figure, or the error
+    parity_error: float | None = None  # 1 - worst output cosine over the gate's inputs
+    export_s: float | None = None
+    size_mb: float | None = None
+    threads: int | None = None
+    median_ms: float | None = None
+    p90_ms: float | None = None
+    batch8_ips: float | None = None  # images/s at batch 8; None for a fixed-batch artifact
+    x_eager: float | None = None
+    x_ort: float | None = None
+    folder: str = ""
+
+    @property
+    def cell_id(self) -> tuple[str, str, str]:
+        return (self.model, self.target, self.precision)
+
+
+def parse_cells(texts: list[str]) -> tuple[tuple[str, str], ...]:
+    """``["ov/int8", "onnx/fp32"]`` -> canonical (target, precision) pairs, each a CPU cell of the matrix."""
+    from lightdeploy.errors import UsageError
+    from lightdeploy.exporters import resolve_target
+
+    pairs = []
+    for text in texts:
+        target, _, precision = text.partition("/")
+        pair = (resolve_target(target), precision)
+        if pair not in TARGETS:
+            known = ", ".join(f"{t}/{p}" for t, p in TARGETS)
+            raise UsageError(f"--to {text!r} is not a CPU cell of the matrix. Cells: {known}.")
+        pairs.append(pair)
+    return tuple(dict.fromkeys(pairs))
+
+
+def default_models() -> list[str]:
+    """Every registered model and named weights (MODEL:TAG: trained, so their int8 cells mean most); an
+    alias such as ``thundernet`` only through the name it stands for."""
+    from lightdeploy.models.registry import get_spec, list_models
+
+    return [name for name in list_models() if ":" in name or not get_spec(name).alias_of]
+
+
+def key_figure(report: dict) -> str:
+    """The first failed check, else 1 - the worst output cosine and the task metric the gate judged."""
+    failed = [c for c in report["checks"] if not c["passed"]]
+    if failed:
+        c = failed[0]
+        return f"{c['subject']} {c['metric']} {c['value']:.4g} (limit {c['op']} {c['limit']:.4g})"
+    task = next(((k, v) for k, v in report["task"].items() if isinstance(v, float)), None)
+    return f"1-cos {parity_error(report):.1e}" + (f", {task[0]} {task[1]:.3f}" if task else "")
+
+
+def parity_error(report: dict) -> float:
+    return max(0.0, 1.0 - min((s["cosine"] for s in report["outputs"].values()), default=1.0))
+
+
+def deployed_size_mb(folder: Path, manifest: dict) -> float:
+    """The file the runtime loads and its own sidecars (OpenVINO's .bin, ONNX external data); not the
+    model.onnx an OpenVINO or TFLite artifact keeps beside it for localisation, nor logs and reports."""
+    main = manifest["backend_file"]
+    ours = [n for n in manifest["files"] if n.startswith(main)]
+    if main.endswith(".xml"):
+        ours.append(main.removesuffix(".xml") + ".bin")
+    return sum((folder / name).stat().st_size for name in ours if (folder / name).is_file()) / 1e6
+
+
+def run_matrix(
+    models: list[str],
+    out: Path,
+    *,
+    targets: tuple[tuple[str, str], ...] = TARGETS,
+    threads: int = 2,
+    runs: int = 30,
+    warmup: int = 5,
+    done: list[MatrixCell] | None = None,
+    input_size: tuple[int, int] | None = None,
+    progress: Callable[[str], None] = lambda msg: None,
+) -> list[MatrixCell]:
+    """Export, gate and time every (model, target, precision).  A model with every cell in ``done`` keeps
+    them; any other model is run whole.  ``input_size``: one size for all (default: each model's own)."""
+    import torch
+
+    from lightdeploy.models.registry import get_spec
+
+    for model in models:
+        get_spec(model)  # an unknown name fails here, with the closest names, before any work
+    kept = {c.cell_id: c for c in (done or [])}
+    fresh = [m for m in models if any((m, t, p) not in kept for t, p in targets)]
+    cells: list[MatrixCell] = []
+    todo = [(m, t, p) for m in fresh for t, p in targets]
+    torch.set_num_threads(threads)
+    for model in models:
+        if model not in fresh:
+            cells += [kept[(model, t, p)] for t, p in targets]
+            continue
+        for target, precision in targets:
+            progress(f"[{todo.index((model, target, precision)) + 1}/{len(todo)}] {model} -> {target}/{precision}")
+            cells.append(_cell(model, target, precision, out, input_size, threads, runs, warmup))
+    _fill_ratios([c for c in cells if c.model in fresh], fresh, input_size, threads, runs, warmup, progress)
+    return cells
+
+
+def _cell(model, target, precision, out: Path, input_size, threads: int, runs: int, warmup: int) -> MatrixCell:
+    from lightdeploy.errors import ParityError
+    from lightdeploy.models.registry import get_spec
+    from lightdeploy.pipeline import export
+    from lightdeploy.runtimes.manifest import read_manifest
+
+    # detectors run one image per call (their NMS is per image); TFLite artifacts have a fixed batch
+    dynamic = target in DYNAMIC_BATCH_TARGETS and get_spec(model).task != "detect"
+    t0 = time.perf_counter()
+    try:
+        outcome = export(model, target, precision=precision, input_size=input_size, dynamic_batch=dynamic, out=out)
+        folder, status = outcome.folder, "pass"
+    except ParityError as exc:  # the artifact is kept (as NAME.failed) and timed: speed and parity are separate facts
+        folder, status = Path(exc.folder), "FAIL"
+    except Exception as exc:  # noqa: BLE001 - a survey records every failure as a row
+        return MatrixCell(model, target, precision, "error", f"{type(exc).__name__}: {str(exc)[:200]}")
+    export_s = time.perf_counter() - t0
+    manifest = read_manifest(folder)
+    report = manifest["parity"]
+    cell = MatrixCell(
+        model,
+        target,
+        precision,
+        status,
+        key_figure(report),
+        parity_error(report),
+        export_s,
+        deployed_size_mb(folder, manifest),
+        threads,
+        folder=str(folder),
+    )
+    try:
+        _time_artifact(cell, folder, manifest, threads, runs, warmup)
+    except Exception as exc:  # noqa: BLE001 - an artifact that does not run is a finding, not a crash
+        cell.status, cell.key = "error", f"timing: {type(exc).__name__}: {str(exc)[:200]}"
+    return cell
+
+
+def _time_artifact(cell: MatrixCell, folder: Path, manifest: dict, threads: int, runs: int, warmup: int) -> None:
+    from lightdeploy.bench import concrete_shape, time_fn
+    from lightdeploy.runtimes import open_runtime
+
+    runtime = open_runtime(folder, manifest, threads=threads, allow_unverified=True)
+    name = manifest["inputs"][0]["name"]
+    shape = concrete_shape(manifest)
+    rng = np.random.default_rng(0)
+    feed = {name: rng.standard_normal(shape).astype(np.float32)}
+    cell.median_ms, cell.p90_ms = time_fn(functools.partial(runtime.run, feed), warmup, runs)
+    if not isinstance(manifest["inputs"][0]["shape"][0], int):  # a dynamic batch dim
+        big = {name: rng.standard_normal([THROUGHPUT_BATCH, *shape[1:]]).astype(np.float32)}
+        median, _ = time_fn(functools.partial(runtime.run, big), max(1, warmup // 2), max(3, runs // 4))
+        cell.batch8_ips = THROUGHPUT_BATCH * 1e3 / median
+
+
+def _fill_ratios(cells, models, input_size, threads, runs, warmup, progress) -> None:
+    """Ratios to eager (timed here, once per model) and to the model's ONNX Runtime fp32 cell."""
+    import torch
+
+    from lightdeploy.bench import time_fn
+    from lightdeploy.factory import create_model
+    from lightdeploy.models.registry import get_spec
+
+    for model in models:
+        mine = [c for c in cells if c.model == model and c.median_ms is not None]
+        if not mine:
+            continue
+        progress(f"timing eager {model}")
+        size = input_size or get_spec(model).input_size
+        net = create_model(model, input_size=size, calibrate_bn=False)
+        x = torch.randn(1, 3, *size)
+        with torch.inference_mode():
+            eager_ms, _ = time_fn(lambda net=net, x=x: net(x), warmup, runs)
+        ort = next((c.median_ms for c in mine if (c.target, c.precision) == ("onnx", "fp32")), None)
+        for c in mine:
+            c.x_eager = c.median_ms / eager_ms
+            c.x_ort = c.median_ms / ort if ort else None
+
+
+# ------------------------------------------------------------------------------------------- outputs
+def _fmt(value: float | None, spec: str) -> str:
+    return "" if value is None else format(value, spec)
+
+
+def write_json(cells: list[MatrixCell], path: Path, meta: dict) -> None:
+    path.write_text(json.dumps({"meta": meta, "cells": [asdict(c) for c in cells]}, indent=2))
+
+
+def read_json(path: Path) -> list[MatrixCell]:
+    """Cells of an earlier run (``--resume``); unknown keys from another version are dropped."""
+    names = {f.name for f in fields(MatrixCell)}
+    return [MatrixCell(**{k: v for k, v in c.items() if k in names}) for c in json.loads(path.read_text())["cells"]]
+
+
+def run_meta(threads: int, runs: int, command: str) -> dict:
+    from lightdeploy.versions import installed_versions
+
+    return {
+        "date": datetime.date.today().isoformat(),
+        "command": command,
+        "threads": threads,
+        "runs": runs,
+        "machine": f"{platform.machine()}, {platform.processor() or platform.system()}",
+        "versions": installed_versions(),
+    }
+
+
+COLUMNS = (
+    "model",
+    "target",
+    "gate",
+    "key figure",
+    "export s",
+    "MB",
+    "ms med",
+    "ms p90",
+    "b8 img/s",
+    "x eager",
+    "x ORT",
+)
+
+
+def cell_values(c: MatrixCell) -> list[str]:
+    return [
+        c.model,
+        f"{c.target}/{c.precision}",
+        c.status,
+        c.key,
+        _fmt(c.export_s, ".0f"),
+        _fmt(c.size_mb, ".1f"),
+        _fmt(c.median_ms, ".2f"),
+        _fmt(c.p90_ms, ".2f"),
+        _fmt(c.batch8_ips, ".0f"),
+        _fmt(c.x_eager, ".2f"),
+        _fmt(c.x_ort, ".2f"),
+    ]
+
+
+def render_table(cells: list[MatrixCell], width: int = 80):
+    """The terminal table.  Under 120 columns a cell takes three lines in the first column (model, target,
+    key figure) and the export time and p90 are left to the JSON and Markdown, so 80 columns stay readable."""
+    from rich.table import Table
+    from rich.text import Text
+
+    wide = width >= 120
+    table = Table(title=f"lightdeploy matrix, batch 1 latency at {cells[0].threads if cells else '?'} threads")
+    heads = list(COLUMNS) if wide else ["model", "gate", "MB", "ms med", "b8 img/s", "x eager", "x ORT"]
+    for h in heads:
+        table.add_column(h, justify="left" if h in ("model", "target", "gate", "key figure") else "right")
+    for c in cells:
+        values = dict(zip(COLUMNS, cell_values(c)))
+        values["gate"] = Text(c.status, style="green" if c.status == "pass" else "red")
+        if not wide:
+            values["model"] = Text.assemble(c.model, "\n", f"{c.target}/{c.precision}", "\n", (c.key, "dim"))
+        table.add_row(*(values[h] for h in heads))
+    return table
+
+
+def write_markdown(cells: list[MatrixCell], path: Path, meta: dict) -> None:
+    lines = [
+        "# lightdeploy matrix",
+        "",
+        f"Measured {meta['date']} on {meta['machine']}, {meta['threads']} threads, "
+        f"{meta['runs']} timed runs per cell after warm-up, by `{meta['command']}`.",
+        "MB: the file the runtime loads, with its sidecars. Latency is batch 1; b8 img/s is throughput at batch 8 where the artifact takes a dynamic batch "
+        "(TFLite artifacts have a fixed batch). x eager / x ORT: latency over eager PyTorch's and over "
+        "ONNX Runtime fp32's for the same model, timed in the same run. gate: the parity gate's verdict "
+        "against the tolerance table (docs/design.md#tolerance-table); a FAIL artifact is still timed.",
+        "",
+        "| " + " | ".join(COLUMNS) + " |",
+        "|" + "|".join("---" for _ in COLUMNS) + "|",
+    ]
+    for c in cells:
+        lines.append("| " + " | ".join(v.replace("|", "/") for v in cell_values(c)) + " |")
+    versions = ", ".join(f"{k} {v}" for k, v in meta.get("versions", {}).items())
+    lines += ["", f"Versions: {versions}.", ""]
+    path.write_text("\n".join(lines))
+
+
+def write_plot(cells: list[MatrixCell], path: Path) -> None:
+    """Latency vs parity error (1 - worst cosine), one labelled point per artifact, log-log."""
+    from lightdeploy.errors import MissingDependencyError
+
+    try:
+        import matplotlib
+        import matplotlib.ticker
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ModuleNotFoundError:
+        raise MissingDependencyError("The matrix plot needs matplotlib: pip install 'lightdeploy[eval]'.") from None
+    colours = {"onnx": "#4c78a8", "openvino": "#f58518", "tflite": "#54a24b"}
+    markers = {"fp32": "o", "fp16": "s", "int8": "^"}
+    floor = 1e-9  # fp32 cells often agree to the last bit; they sit on the floor line
+    fig, ax = plt.subplots(figsize=(11, 7), dpi=110)
+    for c in cells:
+        if c.median_ms is None or c.parity_error is None:
+            continue
+        y = max(c.parity_error, floor)
+        ax.scatter(
+            c.median_ms,
+            y,
+            c=colours.get(c.target, "grey"),
+            marker=markers.get(c.precision, "o"),
+            edgecolors="red" if c.status != "pass" else "black",
+            linewidths=2 if c.status != "pass" else 0.5,
+            s=60,
+        )
+        ax.annotate(
+            f"{c.model} {c.target}/{c.precision}",
+            (c.median_ms, y),
+            fontsize=6,
+            xytext=(4, 2),
+            textcoords="offset points",
+        )
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.ScalarFormatter())
+    ax.margins(x=0.2)  # room for the labels of the rightmost points
+    ax.set_xlabel("batch-1 latency, median (ms)")
+    ax.set_ylabel(f"parity error: 1 - worst output cosine (floor {floor:g})")
+    ax.set_title("lightdeploy matrix: colour = backend, shape = precision, red edge = gate failed")
+    handles = [plt.Line2D([], [], color=v, marker="o", linestyle="", label=k) for k, v in colours.items()]
+    handles += [plt.Line2D([], [], color="black", marker=v, linestyle="", label=k) for k, v in markers.items()]
+    ax.legend(handles=handles, loc="upper right", fontsize=8)
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

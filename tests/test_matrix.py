@@ -1,0 +1,120 @@
+"""`lightdeploy bench --matrix`: every cell exported, gated and timed; failures are rows, not crashes."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+from conftest import run_cli
+
+from lightdeploy import matrix
+from lightdeploy.parity import tolerances
+
+pytestmark = pytest.mark.xdist_group("matrix")
+
+MODEL = "mobilenetv2_x0.35"
+SIZE = (64, 64)
+
+
+def test_cli_writes_table_json_markdown_and_plot(tmp_path: Path):
+    files = {k: tmp_path / f"m.{k}" for k in ("json", "md", "png")}
+    r = run_cli(
+        *("bench", "--matrix", MODEL, "--to", "onnx/fp32", "--to", "ov/fp32", "--runs", "3", "--warmup", "1"),
+        *("--json", str(files["json"]), "--markdown", str(files["md"]), "--plot", str(files["png"])),
+        *("--out", str(tmp_path / "artifacts")),
+    )
+    assert r.returncode == 0, r.stderr
+    assert "lightdeploy matrix" in r.stdout and "openvino/fp32" in r.stdout
+    cells = matrix.read_json(files["json"])
+    assert [(c.target, c.precision, c.status) for c in cells] == [
+        ("onnx", "fp32", "pass"),
+        ("openvino", "fp32", "pass"),
+    ]
+    for c in cells:
+        assert c.median_ms > 0 and c.p90_ms >= c.median_ms and c.size_mb > 1 and c.x_eager > 0
+        assert c.batch8_ips > 0  # classifiers are exported with a dynamic batch for the batch-8 column
+    assert cells[0].x_ort == 1.0
+    meta = json.loads(files["json"].read_text())["meta"]
+    assert meta["threads"] == 2 and "--matrix" in meta["command"]
+    md = files["md"].read_text()
+    assert "| model | target | gate |" in md and f"| {MODEL} | openvino/fp32 | pass |" in md
+    from PIL import Image
+
+    with Image.open(files["png"]) as img:
+        assert img.format == "PNG" and img.width > 500
+
+
+def test_failed_gate_is_timed_and_failed_export_is_a_row(tmp_path: Path, monkeypatch):
+    # an impossible fp32 row for ONNX Runtime: the gate fails, the kept artifact is still timed
+    row = tolerances.TABLE[("onnxruntime", "fp32")]
+    monkeypatch.setitem(tolerances.TABLE, ("onnxruntime", "fp32"), dataclasses.replace(row, cosine_min=1.5))
+
+    import lightdeploy.pipeline as pipeline
+
+    real_export = pipeline.export
+
+    def export(model, target, **kw):
+        if target == "openvino":
+            raise RuntimeError("converter exploded")
+        return real_export(model, target, **kw)
+
+    monkeypatch.setattr(pipeline, "export", export)
+    cells = matrix.run_matrix(
+        [MODEL], tmp_path, targets=(("onnx", "fp32"), ("openvino", "fp32")), runs=2, warmup=0, input_size=SIZE
+    )
+    failed, broken = cells
+    assert failed.status == "FAIL" and "cosine" in failed.key and "limit >= 1.5" in failed.key
+    assert failed.median_ms > 0 and failed.folder.endswith(".failed")
+    assert broken.status == "error" and broken.key == "RuntimeError: converter exploded"
+    assert broken.median_ms is None
+    table = matrix.render_table(cells, 80)
+    assert table.row_count == 2
+
+
+def test_resume_keeps_finished_models_and_reruns_the_rest(tmp_path: Path, monkeypatch):
+    done = [matrix.MatrixCell(MODEL, "onnx", "fp32", "pass", "1-cos 0.0e+00", 0.0, 1.0, 1.0, 2, 1.0, 1.1)]
+    calls = []
+
+    import lightdeploy.pipeline as pipeline
+
+    def export(model, target, **kw):
+        calls.append((model, target, kw["precision"]))
+        raise RuntimeError("not exported in this test")
+
+    monkeypatch.setattr(pipeline, "export", export)
+    targets = (("onnx", "fp32"),)
+    cells = matrix.run_matrix([MODEL, "shufflenetv2_x0.5"], tmp_path, targets=targets, done=done, input_size=SIZE)
+    assert cells[0] is done[0]  # kept whole, not re-run
+    assert calls == [("shufflenetv2_x0.5", "onnx", "fp32")] and cells[1].status == "error"
+
+
+def test_unknown_model_and_cell_are_usage_errors(tmp_path: Path):
+    r = run_cli("bench", "--matrix", "mobilenet_v2", cwd=tmp_path)
+    assert r.returncode == 2 and "mobilenetv2" in r.stderr  # the closest registered name is suggested
+    r = run_cli("bench", "--matrix", MODEL, "--to", "tflite/int4", cwd=tmp_path)
+    assert r.returncode == 2 and "tflite/int8" in r.stderr
+    r = run_cli("bench", "--matrix", MODEL, "--resume", "--json", "none.json", cwd=tmp_path)
+    assert r.returncode == 2 and "--resume" in r.stderr
+    assert list(tmp_path.iterdir()) == []  # refused before any work
+
+
+def test_key_figure_names_the_failed_check_or_the_worst_cosine():
+    ok = {
+        "checks": [{"passed": True, "subject": "logits", "metric": "cosine", "value": 0.99, "limit": 0.98, "op": ">="}],
+        "outputs": {"logits": {"cosine": 0.9990}, "probs": {"cosine": 0.9995}},
+        "task": {"top1_agreement": 0.97, "inputs": 120},
+    }
+    assert matrix.key_figure(ok) == "1-cos 1.0e-03, top1_agreement 0.970"
+    bad = {**ok, "checks": [{**ok["checks"][0], "passed": False, "value": 0.9}]}
+    assert matrix.key_figure(bad) == "logits cosine 0.9 (limit >= 0.98)"
+    assert matrix.parity_error(ok) == pytest.approx(1e-3)
+
+
+def test_default_models_are_every_registered_name_and_named_weights_but_aliases():
+    from lightdeploy.models.registry import list_models
+
+    names = matrix.default_models()
+    assert "thundernet_snet49:synthetic" in names and "mobilenetv2:imagenet" in names
+    assert set(list_models()) - set(names) == {"thundernet", "bisenet", "dfanet"}

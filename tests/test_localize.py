@@ -184,9 +184,15 @@ def test_tflite_and_tensorrt_are_refused_not_faked(tiny, tmp_path):
 def test_cli_localize_names_the_module_and_exits_as_parity(tiny, tmp_path):
     folder = shutil.copytree(tiny["onnx"], tmp_path / "corrupt")
     corrupt_conv(folder, "features.2")
-    r = run_cli("parity", str(folder), "--localize", "--quiet", "--threads", "1", cwd=ROOT / "tests")
+    report = tmp_path / "report.json"
+    r = run_cli(
+        *("parity", str(folder), "--localize", "--quiet", "--threads", "1", "--json", str(report)), cwd=ROOT / "tests"
+    )
     assert r.returncode == 1, r.stderr
     assert "parity FAILED" in r.stdout and "first divergent module: features.2" in r.stdout
+    [entry] = json.loads(report.read_text())
+    assert entry["passed"] is False and entry["localization"]["first_divergent"].startswith("features.2")
+    assert entry["localization"]["reliable"] is True
     r = run_cli("parity", str(tiny["onnx"]), "--localize", "--quiet", "--threads", "1", cwd=ROOT / "tests")
     assert r.returncode == 0, r.stderr
     assert "no module's output leaves the tolerance row" in r.stdout

@@ -162,7 +162,9 @@ def _print_outcome(outcome, quiet: bool) -> None:
 def parity(
     artifacts: list[Path] = typer.Argument(..., metavar="ARTIFACT_DIR..."),
     images: Path | None = typer.Option(None, "--images", help="Folder of images to add as inputs' photographs."),
-    json_out: Path | None = typer.Option(None, "--json", help="Write the reports as JSON."),
+    json_out: Path | None = typer.Option(
+        None, "--json", help='Write the reports as JSON (with --localize, each with its "localization").'
+    ),
     junit: Path | None = typer.Option(None, "--junit", help="Write the reports as JUnit XML."),
     threads: int | None = typer.Option(None, "--threads"),
     weights: Path | None = typer.Option(
@@ -176,7 +178,7 @@ def parity(
     quiet: bool = typer.Option(False, "--quiet"),
 ):
     """Re-run the parity gate on exported artifacts (eager is rebuilt from each manifest)."""
-    from lightdeploy.parity import write_json, write_junit
+    from lightdeploy.parity import write_junit
     from lightdeploy.parity.report import render_table
     from lightdeploy.pipeline import eager_model
     from lightdeploy.pipeline import localize as run_localize
@@ -186,7 +188,7 @@ def parity(
     if localize:
         _check_localizable(artifacts)  # before any work: a TFLite or TensorRT artifact is refused (exit 2)
     imgs = images_from_dir(images) if images else None
-    reports = []
+    reports, localizations = [], []
     progress = Progress(quiet)
     for folder in artifacts:
         progress(f"parity of {folder}")
@@ -197,6 +199,7 @@ def parity(
         if localize:
             progress(f"localising {folder}")
             found = run_localize(folder, images=imgs, threads=threads, model=model)
+        localizations.append(found)
         progress.done()
         if not quiet:
             console.print(render_table(report))
@@ -204,7 +207,10 @@ def parity(
         if found is not None:
             console.print(escape(found.summary()), highlight=False)
     if json_out:
-        write_json(reports, json_out)
+        entries = [r.as_dict() for r in reports]
+        for entry, found in zip(entries, localizations):
+            entry["localization"] = found.as_dict()
+        json_out.write_text(json.dumps(entries, indent=2))
     if junit:
         write_junit(reports, junit)
     if not all(r.passed for r in reports):

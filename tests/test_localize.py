@@ -2,8 +2,10 @@
 is in.
 
 The faults: a corrupted convolution weight in one block (ONNX Runtime and OpenVINO, fp32), a wrong
-lowering of one block (a channel shuffle translated to the inverse permutation), and an int8 OpenVINO
-IR with one FakeQuantize's range narrowed so that one block's input clips.  Every model is the small
+lowering of one block (a channel shuffle translated to the inverse permutation; for TFLite its
+decomposition), and an int8 OpenVINO IR with one FakeQuantize's range narrowed so that one block's
+input clips.  TFLite is localised through a re-conversion, so a fault in its file is reported as an
+unreliable localisation, not placed in a module.  Every model is the small
 user classifier of ``user_models.py`` at 64x64: three blocks ``features.0`` (conv), ``features.1``
 (grouped conv + channel shuffle), ``features.2`` (conv), then ``fc``.
 """
@@ -168,17 +170,79 @@ def test_an_int8_block_whose_input_clips_is_found(tmp_path):
     assert all(not m.diverged for m in report.modules if m.path.startswith("features.0"))
 
 
-def test_tflite_and_tensorrt_are_refused_not_faked(tiny, tmp_path):
-    for backend in ("tflite", "tensorrt"):
-        folder = shutil.copytree(tiny["onnx"], tmp_path / backend)
+def test_tensorrt_and_tflite_int8_are_refused_not_faked(tiny, tmp_path):
+    for backend, precision in (("tensorrt", "fp32"), ("tflite", "int8")):
+        folder = shutil.copytree(tiny["onnx"], tmp_path / f"{backend}-{precision}")
         manifest = json.loads((folder / "manifest.json").read_text())
-        manifest["backend"] = backend
+        manifest.update(backend=backend, precision=precision)
         (folder / "manifest.json").write_text(json.dumps(manifest))
         reseal(folder)
-        with pytest.raises(UsageError, match=f"not available for {backend} artifacts yet"):
+        with pytest.raises(UsageError, match="not available"):
             localize(folder)
-    r = run_cli("parity", str(tmp_path / "tflite"), "--localize", "--quiet", cwd=ROOT / "tests")
-    assert r.returncode == 2 and "not available for tflite" in r.stderr and "Traceback" not in r.stderr
+    r = run_cli("parity", str(tmp_path / "tensorrt-fp32"), "--localize", "--quiet", cwd=ROOT / "tests")
+    assert r.returncode == 2 and "not available for tensorrt" in r.stderr and "Traceback" not in r.stderr
+
+
+# ------------------------------------------------------------------------------------------- TFLite
+def wrong_shuffle_tensor(x, groups: int):
+    """The TFLite decomposition's twin of ``wrong_shuffle``: the inverse channel shuffle."""
+    return _channel_shuffle.channel_shuffle_reference(x, x.shape[1] // groups)
+
+
+@pytest.fixture(scope="module")
+def tiny_tflite(tmp_path_factory):
+    out = tmp_path_factory.mktemp("localize-tflite")
+    (outcome,) = export_module(tiny_classifier, task="classify", input_size=SIZE, targets=("tflite",), out=out)
+    return outcome.folder
+
+
+def test_tflite_clean_artifact_is_localised_through_a_reconversion(tiny_tflite):
+    report = localize(tiny_tflite, threads=1)
+    assert report.first is None and report.reliable, report.summary()
+    assert {"features.0", "features.1", "features.1.conv", "features.2", "fc"} <= {m.path for m in report.modules}
+
+
+def test_tflite_wrong_decomposition_is_found_in_its_block(tmp_path, monkeypatch):
+    from lightdeploy.exporters.tflite import convert
+
+    monkeypatch.setattr(convert, "_FLOAT_CACHE", {})  # a cached good conversion would hide the planted fault
+    op = torch.ops.lightdeploy.channel_shuffle.default
+    monkeypatch.setitem(_channel_shuffle.DECOMPOSITIONS, op, wrong_shuffle_tensor)
+    with pytest.raises(ParityError):
+        export_module(tiny_classifier, task="classify", input_size=SIZE, targets=("tflite",), out=tmp_path)
+    (folder,) = [p for p in tmp_path.iterdir() if p.name.startswith("tiny_classifier-tflite-fp32")]
+    # the converter's fault is still registered: the re-conversion reproduces it, as a real one would
+    report = localize(folder, threads=1)
+    first = report.first
+    assert first is not None and first.path == "features.1" and report.reliable, report.summary()
+    assert not next(m for m in report.modules if m.path == "features.1.conv").diverged
+
+
+def test_tflite_fault_in_the_file_is_reported_unreliable_not_misplaced(tiny_tflite, tmp_path):
+    """A corrupted weight lives in the artifact's file, not in a re-conversion: the instrumented copy's
+    final outputs then differ from the artifact's own, and the report says so instead of naming a module."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    folder = shutil.copytree(tiny_tflite, tmp_path / "corrupt")
+    data = bytearray((folder / "model.tflite").read_bytes())
+    root = schema.Model.GetRootAsModel(data, 0)
+    graph = root.Subgraphs(0)
+    # features.2's convolution: the only [32, 3, 3, 32] weight of the tiny classifier
+    tensor = next(
+        graph.Tensors(i)
+        for i in range(graph.TensorsLength())
+        if list(graph.Tensors(i).ShapeAsNumpy()) == [32, 3, 3, 32]
+    )
+    weights = root.Buffers(tensor.Buffer()).DataAsNumpy()
+    start = weights.__array_interface__["data"][0] - np.frombuffer(data, np.uint8).__array_interface__["data"][0]
+    values = np.frombuffer(data, np.float32, count=len(weights) // 4, offset=start).copy()
+    values[: len(values) // 2] *= -1
+    data[start : start + len(weights)] = values.tobytes()
+    (folder / "model.tflite").write_bytes(bytes(data))
+    reseal(folder)
+    assert not parity(folder).passed
+    report = localize(folder, threads=1)
+    assert not report.reliable and "UNRELIABLE" in report.summary(), report.summary()
 
 
 def test_cli_localize_names_the_module_and_exits_as_parity(tiny, tmp_path):

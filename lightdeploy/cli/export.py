@@ -173,7 +173,8 @@ def parity(
     localize: bool = typer.Option(
         False,
         "--localize",
-        help="Also find the first module whose output leaves the tolerance row (ONNX Runtime and OpenVINO).",
+        help="Also find the first module whose output leaves the tolerance row (ONNX Runtime, OpenVINO, "
+        "TFLite fp32/fp16).",
     ),
     quiet: bool = typer.Option(False, "--quiet"),
 ):
@@ -186,7 +187,7 @@ def parity(
     from lightdeploy.samples import images_from_dir
 
     if localize:
-        _check_localizable(artifacts)  # before any work: a TFLite or TensorRT artifact is refused (exit 2)
+        _check_localizable(artifacts)  # before any work: TensorRT and TFLite int8 are refused (exit 2)
     imgs = images_from_dir(images) if images else None
     reports, localizations = [], []
     progress = Progress(quiet)

@@ -14,7 +14,8 @@ find the same tensors there; an int8 IR's FakeQuantize ops sit after them, so th
 the module's output before it is quantised for the next module.
 
 The artifact's own files are not changed: ONNX Runtime runs a copy of the graph with extra outputs,
-OpenVINO a model read from the IR with ``Model.add_outputs``.  Extra outputs can stop a runtime fusing
+OpenVINO a model read from the IR with ``Model.add_outputs``, LiteRT a re-conversion of the eager model
+with the module outputs exposed (``localize_tflite``).  Extra outputs can stop a runtime fusing
 ops across them, so the instrumented copy's final outputs are compared with the artifact's own: when
 they differ beyond the row, the report says the localisation is unreliable.
 """
@@ -35,7 +36,7 @@ from lightdeploy.parity.inputs import BOTH, parity_inputs, to_batches
 from lightdeploy.parity.metrics import TASK_JUDGED_OUTPUTS, Check, tensor_checks, tensor_stats
 from lightdeploy.parity.tolerances import Tolerance, tolerance_for
 
-SUPPORTED_BACKENDS = ("onnxruntime", "openvino")
+SUPPORTED_BACKENDS = ("onnxruntime", "openvino", "tflite")
 ONNX_FILE = "model.onnx"  # the exported graph: the ORT artifact itself, the IR's source for OpenVINO
 NEXT_SHOWN = 2  # modules shown after the first divergent one: does the error grow or fade?
 
@@ -143,9 +144,13 @@ def check_localizable(manifest: dict) -> None:
     if backend not in SUPPORTED_BACKENDS:
         raise UsageError(
             f"Localisation is not available for {backend} artifacts yet (only "
-            f"{' and '.join(SUPPORTED_BACKENDS)}); run `lightdeploy parity` without --localize, or localise "
+            f"{', '.join(SUPPORTED_BACKENDS)}); run `lightdeploy parity` without --localize, or localise "
             "the same model exported with --to onnx or --to openvino."
         )
+    if backend == "tflite":
+        from lightdeploy.parity.localize_tflite import check_tflite_localizable
+
+        check_tflite_localizable(manifest)
 
 
 def localize(
@@ -199,8 +204,11 @@ def _localize_impl(folder: Path, manifest: dict, model, images, tol: Tolerance, 
             wanted[path] = tensors[path]
         else:
             skipped.setdefault("no ONNX node of its own (folded into a neighbour, or no op)", []).append(path)
-    run = _run_onnxruntime if manifest["backend"] == "onnxruntime" else _run_openvino
-    got, final, missing = run(folder, manifest, graph, sorted(set(wanted.values())), x, threads)
+    if manifest["backend"] == "tflite":
+        got, final, missing = _run_tflite(folder, manifest, model, wanted, x, threads)
+    else:
+        run = _run_onnxruntime if manifest["backend"] == "onnxruntime" else _run_openvino
+        got, final, missing = run(folder, manifest, graph, sorted(set(wanted.values())), x, threads)
     own = _artifact_outputs(folder, manifest, x, threads)
     instrumented_max_abs, reliable, judged = _agreement(final, own, manifest["task"], tol)
 
@@ -357,6 +365,18 @@ def _run_openvino(folder, manifest, graph, tensors: list[str], x, threads):
     by_name = {name: port for port in compiled.outputs for name in port.get_names()}
     values = {t: result[by_name[t]] for t in found}
     return values, final, missing
+
+
+def _run_tflite(folder, manifest, model, wanted: dict[str, str], x, threads):
+    """LiteRT on a re-conversion that also returns the modules' outputs (``localize_tflite``), keyed
+    like the other backends by the ONNX tensor each module ends in: (values, final, missing)."""
+    from lightdeploy.parity.localize_tflite import run_tflite
+
+    by_tensor = {}  # one module per tensor: nested modules that end in the same node share it
+    for path, tensor in wanted.items():
+        by_tensor.setdefault(tensor, path)
+    values, final = run_tflite(folder, manifest, model, list(by_tensor.values()), x, threads)
+    return {tensor: values[path] for tensor, path in by_tensor.items()}, final, set()
 
 
 def _artifact_outputs(folder: Path, manifest: dict, x: np.ndarray, threads) -> dict[str, np.ndarray]:

@@ -121,9 +121,11 @@ def run_matrix(
     done: list[MatrixCell] | None = None,
     input_size: tuple[int, int] | None = None,
     progress: Callable[[str], None] = lambda msg: None,
+    checkpoint: Callable[[list[MatrixCell]], None] = lambda cells: None,
 ) -> list[MatrixCell]:
     """Export, gate and time every (model, target, precision).  A model with every cell in ``done`` keeps
-    them; any other model is run whole.  ``input_size``: one size for all (default: each model's own)."""
+    them; any other model is run whole; cells in ``done`` of models not asked for are kept at the end.  ``input_size``: one size for all (default: each model's own).
+    ``checkpoint`` gets the cells so far after each model (a long run interrupted keeps what it did)."""
     import torch
 
     from lightdeploy.models.registry import get_spec
@@ -139,11 +141,14 @@ def run_matrix(
         if model not in fresh:
             cells += [kept[(model, t, p)] for t, p in targets]
             continue
+        mine = []
         for target, precision in targets:
             progress(f"[{todo.index((model, target, precision)) + 1}/{len(todo)}] {model} -> {target}/{precision}")
-            cells.append(_cell(model, target, precision, out, input_size, threads, runs, warmup))
-    _fill_ratios([c for c in cells if c.model in fresh], fresh, input_size, threads, runs, warmup, progress)
-    return cells
+            mine.append(_cell(model, target, precision, out, input_size, threads, runs, warmup))
+        _fill_ratios(mine, model, input_size, threads, runs, warmup, progress)
+        cells += mine
+        checkpoint(cells + [c for c in done or [] if c.model not in {x.model for x in cells}])
+    return cells + [c for c in done or [] if c.model not in models]
 
 
 def _cell(model, target, precision, out: Path, input_size, threads: int, runs: int, warmup: int) -> MatrixCell:
@@ -200,28 +205,27 @@ def _time_artifact(cell: MatrixCell, folder: Path, manifest: dict, threads: int,
         cell.batch8_ips = THROUGHPUT_BATCH * 1e3 / median
 
 
-def _fill_ratios(cells, models, input_size, threads, runs, warmup, progress) -> None:
-    """Ratios to eager (timed here, once per model) and to the model's ONNX Runtime fp32 cell."""
+def _fill_ratios(cells: list[MatrixCell], model: str, input_size, threads, runs, warmup, progress) -> None:
+    """Ratios of one model's cells to its eager latency (timed now) and to its ONNX Runtime fp32 cell."""
     import torch
 
     from lightdeploy.bench import time_fn
     from lightdeploy.factory import create_model
     from lightdeploy.models.registry import get_spec
 
-    for model in models:
-        mine = [c for c in cells if c.model == model and c.median_ms is not None]
-        if not mine:
-            continue
-        progress(f"timing eager {model}")
-        size = input_size or get_spec(model).input_size
-        net = create_model(model, input_size=size, calibrate_bn=False)
-        x = torch.randn(1, 3, *size)
-        with torch.inference_mode():
-            eager_ms, _ = time_fn(lambda net=net, x=x: net(x), warmup, runs)
-        ort = next((c.median_ms for c in mine if (c.target, c.precision) == ("onnx", "fp32")), None)
-        for c in mine:
-            c.x_eager = c.median_ms / eager_ms
-            c.x_ort = c.median_ms / ort if ort else None
+    timed = [c for c in cells if c.median_ms is not None]
+    if not timed:
+        return
+    progress(f"timing eager {model}")
+    size = input_size or get_spec(model).input_size
+    net = create_model(model, input_size=size, calibrate_bn=False)
+    x = torch.randn(1, 3, *size)
+    with torch.inference_mode():
+        eager_ms, _ = time_fn(lambda: net(x), warmup, runs)
+    ort = next((c.median_ms for c in timed if (c.target, c.precision) == ("onnx", "fp32")), None)
+    for c in timed:
+        c.x_eager = c.median_ms / eager_ms
+        c.x_ort = c.median_ms / ort if ort else None
 
 
 # ------------------------------------------------------------------------------------------- outputs

@@ -74,8 +74,11 @@ def test_failed_gate_is_timed_and_failed_export_is_a_row(tmp_path: Path, monkeyp
 
 
 def test_resume_keeps_finished_models_and_reruns_the_rest(tmp_path: Path, monkeypatch):
-    done = [matrix.MatrixCell(MODEL, "onnx", "fp32", "pass", "1-cos 0.0e+00", 0.0, 1.0, 1.0, 2, 1.0, 1.1)]
-    calls = []
+    done = [
+        matrix.MatrixCell(MODEL, "onnx", "fp32", "pass", "1-cos 0.0e+00", 0.0, 1.0, 1.0, 2, 1.0, 1.1),
+        matrix.MatrixCell("snet49", "onnx", "fp32", "pass", "1-cos 0.0e+00", 0.0, 1.0, 1.0, 2, 1.0, 1.1),
+    ]
+    calls, saved = [], []
 
     import lightdeploy.pipeline as pipeline
 
@@ -85,9 +88,13 @@ def test_resume_keeps_finished_models_and_reruns_the_rest(tmp_path: Path, monkey
 
     monkeypatch.setattr(pipeline, "export", export)
     targets = (("onnx", "fp32"),)
-    cells = matrix.run_matrix([MODEL, "shufflenetv2_x0.5"], tmp_path, targets=targets, done=done, input_size=SIZE)
+    cells = matrix.run_matrix(
+        [MODEL, "shufflenetv2_x0.5"], tmp_path, targets=targets, done=done, input_size=SIZE, checkpoint=saved.append
+    )
     assert cells[0] is done[0]  # kept whole, not re-run
     assert calls == [("shufflenetv2_x0.5", "onnx", "fp32")] and cells[1].status == "error"
+    assert cells[2] is done[1]  # a model not asked for stays in the table
+    assert [[c.model for c in s] for s in saved] == [[MODEL, "shufflenetv2_x0.5", "snet49"]]
 
 
 def test_unknown_model_and_cell_are_usage_errors(tmp_path: Path):

@@ -163,6 +163,12 @@ def _matrix(models, runs, warmup, threads, json_out, plot, markdown, resume, out
         raise UsageError("--resume reads the cells of an earlier run from --json FILE: give an existing file.")
     done = matrix.read_json(json_out) if resume else None
     targets = matrix.parse_cells(cells) if cells else matrix.TARGETS
+    meta = matrix.run_meta(threads, runs, "lightdeploy " + shlex.join(sys.argv[1:]))
+
+    def checkpoint(cells_so_far) -> None:  # each finished model is on disk: an interrupted run resumes
+        if json_out:
+            matrix.write_json(cells_so_far, json_out, meta)
+
     cells = matrix.run_matrix(
         models or matrix.default_models(),
         out,
@@ -172,11 +178,10 @@ def _matrix(models, runs, warmup, threads, json_out, plot, markdown, resume, out
         warmup=warmup,
         done=done,
         progress=progress,
+        checkpoint=checkpoint,
     )
     progress.done()
     console.print(matrix.render_table(cells, console.width))
-    command = "lightdeploy " + shlex.join(sys.argv[1:])
-    meta = matrix.run_meta(threads, runs, command)
     for path, write in ((json_out, matrix.write_json), (markdown, matrix.write_markdown)):
         if path:
             write(cells, path, meta)

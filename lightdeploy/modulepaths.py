@@ -2,7 +2,7 @@
 
 The dynamo exporter records it in ``metadata_props`` (``pkg.torch.onnx.name_scopes``, e.g.
 ``['', 'stage2', 'stage2.0', ...]``, and ``pkg.torch.onnx.class_hierarchy``).  Operator checks and FP16
-pinning (exporters) and fault localisation (``lightdeploy.parity.localize``) name modules from it, so
+pinning (exporters) and fault localisation (``lightdeploy.localize``) name modules from it, so
 it lives below both layers.
 """
 

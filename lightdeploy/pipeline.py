@@ -330,8 +330,8 @@ def parity(folder: str | Path, *, images=None, threads: int | None = None, model
 
 def localize(folder: str | Path, *, images=None, threads: int | None = None, model=None, weights=None):
     """The first module of an artifact whose output leaves its tolerance row
-    (``lightdeploy.parity.localize``); eager and ``weights`` as for ``parity``."""
-    from lightdeploy.parity.localize import localize as run_localize
+    (``lightdeploy.localize``); eager and ``weights`` as for ``parity``."""
+    from lightdeploy.localize import localize as run_localize
 
     if model is None:
         model = eager_model(folder, weights)

@@ -29,8 +29,9 @@ PIPELINE = {
     "lightdeploy.build",
     "lightdeploy.bench",
     "lightdeploy.eager",
+    "lightdeploy.matrix",
 }
-PIPELINE_PACKAGES = ("lightdeploy.evaluation",)
+PIPELINE_PACKAGES = ("lightdeploy.evaluation", "lightdeploy.localize")
 FACADE = {"lightdeploy", "lightdeploy.cli", "lightdeploy.testing", "lightdeploy.pytest_plugin"}
 # What a runtime module may import from outside lightdeploy, besides the standard library.
 RUNTIME_THIRD_PARTY = {

@@ -26,9 +26,9 @@ from user_models import tiny_classifier
 from lightdeploy import export_module
 from lightdeploy.artifact import write_manifest
 from lightdeploy.errors import ParityError, UsageError
+from lightdeploy.localize import localize
 from lightdeploy.modulepaths import node_scopes
 from lightdeploy.ops import _channel_shuffle
-from lightdeploy.parity.localize import localize
 from lightdeploy.pipeline import parity
 
 SIZE = (64, 64)

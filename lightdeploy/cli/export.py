@@ -219,7 +219,7 @@ def parity(
 
 
 def _check_localizable(artifacts: list[Path]) -> None:
-    from lightdeploy.parity.localize import check_localizable
+    from lightdeploy.localize import check_localizable
     from lightdeploy.runtimes.manifest import read_manifest
 
     for folder in artifacts:

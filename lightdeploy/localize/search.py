@@ -15,7 +15,7 @@ the module's output before it is quantised for the next module.
 
 The artifact's own files are not changed: ONNX Runtime runs a copy of the graph with extra outputs,
 OpenVINO a model read from the IR with ``Model.add_outputs``, LiteRT a re-conversion of the eager model
-with the module outputs exposed (``localize_tflite``).  Extra outputs can stop a runtime fusing
+with the module outputs exposed (``lightdeploy.localize.tflite``).  Extra outputs can stop a runtime fusing
 ops across them, so the instrumented copy's final outputs are compared with the artifact's own: when
 they differ beyond the row, the report says the localisation is unreliable.
 """
@@ -148,7 +148,7 @@ def check_localizable(manifest: dict) -> None:
             "the same model exported with --to onnx or --to openvino."
         )
     if backend == "tflite":
-        from lightdeploy.parity.localize_tflite import check_tflite_localizable
+        from lightdeploy.localize.tflite import check_tflite_localizable
 
         check_tflite_localizable(manifest)
 
@@ -368,9 +368,9 @@ def _run_openvino(folder, manifest, graph, tensors: list[str], x, threads):
 
 
 def _run_tflite(folder, manifest, model, wanted: dict[str, str], x, threads):
-    """LiteRT on a re-conversion that also returns the modules' outputs (``localize_tflite``), keyed
+    """LiteRT on a re-conversion that also returns the modules' outputs (``lightdeploy.localize.tflite``), keyed
     like the other backends by the ONNX tensor each module ends in: (values, final, missing)."""
-    from lightdeploy.parity.localize_tflite import run_tflite
+    from lightdeploy.localize.tflite import run_tflite
 
     by_tensor = {}  # one module per tensor: nested modules that end in the same node share it
     for path, tensor in wanted.items():

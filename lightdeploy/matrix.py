@@ -17,6 +17,7 @@ from __future__ import annotations
 import datetime
 import functools
 import json
+import os
 import platform
 import time
 from collections.abc import Callable
@@ -55,6 +56,7 @@ class MatrixCell:
     batch8_ips: float | None = None  # images/s at batch 8; None for a fixed-batch artifact
     x_eager: float | None = None
     x_ort: float | None = None
+    load: float | None = None  # the 1-minute load average when timed: above the core count, the machine was shared
     folder: str = ""
 
     @property
@@ -199,6 +201,7 @@ def _time_artifact(cell: MatrixCell, folder: Path, manifest: dict, threads: int,
     rng = np.random.default_rng(0)
     feed = {name: rng.standard_normal(shape).astype(np.float32)}
     cell.median_ms, cell.p90_ms = time_fn(functools.partial(runtime.run, feed), warmup, runs)
+    cell.load = os.getloadavg()[0]
     if not isinstance(manifest["inputs"][0]["shape"][0], int):  # a dynamic batch dim
         big = {name: rng.standard_normal([THROUGHPUT_BATCH, *shape[1:]]).astype(np.float32)}
         median, _ = time_fn(functools.partial(runtime.run, big), max(1, warmup // 2), max(3, runs // 4))
@@ -251,7 +254,7 @@ def run_meta(threads: int, runs: int, command: str) -> dict:
         "command": command,
         "threads": threads,
         "runs": runs,
-        "machine": f"{platform.machine()}, {platform.processor() or platform.system()}",
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.system()}",
         "versions": installed_versions(),
     }
 
@@ -268,6 +271,7 @@ COLUMNS = (
     "b8 img/s",
     "x eager",
     "x ORT",
+    "load",
 )
 
 
@@ -284,6 +288,7 @@ def cell_values(c: MatrixCell) -> list[str]:
         _fmt(c.batch8_ips, ".0f"),
         _fmt(c.x_eager, ".2f"),
         _fmt(c.x_ort, ".2f"),
+        _fmt(c.load, ".1f"),
     ]
 
 
@@ -316,7 +321,9 @@ def write_markdown(cells: list[MatrixCell], path: Path, meta: dict) -> None:
         "MB: the file the runtime loads, with its sidecars. Latency is batch 1; b8 img/s is throughput at batch 8 where the artifact takes a dynamic batch "
         "(TFLite artifacts have a fixed batch). x eager / x ORT: latency over eager PyTorch's and over "
         "ONNX Runtime fp32's for the same model, timed in the same run. gate: the parity gate's verdict "
-        "against the tolerance table (docs/design.md#tolerance-table); a FAIL artifact is still timed.",
+        "against the tolerance table (docs/design.md#tolerance-table); a FAIL artifact is still timed. "
+        "load: the 1-minute load average when the cell was timed; above the core count the machine was shared and "
+        "the latencies of that row are inflated.",
         "",
         "| " + " | ".join(COLUMNS) + " |",
         "|" + "|".join("---" for _ in COLUMNS) + "|",

@@ -2,6 +2,7 @@
 
     lightdeploy export shufflenetv2 --to openvino --to tflite --out /tmp/bt
     .venv/bin/python bench/independent.py /tmp/bt/* [--threads 2] [--runs 50] [--rounds 5] [--json out.json]
+    .venv/bin/python bench/independent.py /tmp/bt/* --paired 300
 
 Each artifact folder (OpenVINO IR or TFLite, as the manifest says) is timed by lightdeploy's bench
 (``lightdeploy.bench.time_artifact``: the runtime wrapper's ``run``, batch 1, random float32 feed) and by
@@ -12,16 +13,21 @@ the tool its runtime ships, configured as the wrapper configures the runtime:
   f32 compute (the wrapper pins it) and a float32 input (benchmark_app otherwise feeds an image input as
   u8 and converts it inside the graph).  A dynamic input keeps the model dynamic (``-data_shape``, as the
   wrapper compiles it) with inputs filled once (``-inference_only true``).  benchmark_app runs one
-  warm-up inference; the count is not configurable.
+  warm-up inference (the count is not configurable) and reports the request's own C++ timer
+  (``InferRequest.latency``), not the Python wall time lightdeploy reports.
 - LiteRT ``litert-benchmark --model model.tflite --num_threads N --num_runs K --warmup_runs W``: the CPU
   accelerator (XNNPACK, as the wrapper's interpreter).
 
 Compared statistic: the median latency (benchmark_app's "Median", litert-benchmark's "Inference
-(median)"; lightdeploy's median of ``runs``).  ``--rounds`` interleaves the two sides R times and takes
-the median of each side's round medians: a shared machine drifts within seconds.  The ratio of the two
-sides' fastest runs is printed beside it: other load on the machine inflates medians, rarely minima.
-Exit 1 when a tool is missing (naming the extra that installs it), 2 when a median ratio is outside
-``--tolerance``.
+(median)"; lightdeploy's median of ``runs``).  ``--rounds`` alternates the two sides R times, each going
+first in every other round; the ratio judged is the median over rounds of lightdeploy's median / the
+tool's, each pair taken seconds apart (a shared machine's load drifts within seconds).  The ratio of
+the two sides' fastest runs is printed beside it.  Exit 1 when a tool is missing (naming the extra that
+installs it), 2 when a ratio is outside ``--tolerance``.
+
+``--paired CALLS`` separates the wrapper from the machine: in one process, lightdeploy's ``run`` and the
+call the tool's loop times (see ``tool_loop_call``) alternate call by call, and the median per-pair
+ratio and difference say what the wrapper adds, with both sides under the same load.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -125,7 +132,7 @@ class Pair:
     tool: str
     lightdeploy_ms: float  # median of the round medians
     tool_ms: float
-    ratio: float  # lightdeploy / tool, of the medians: the figure judged against the tolerance
+    ratio: float  # median over rounds of lightdeploy / tool medians: the figure judged against the tolerance
     within: bool
     min_ratio: float  # of the fastest runs: the least disturbed by other load on the machine
     rounds: list[dict]  # each round's medians and minima, both sides
@@ -148,9 +155,13 @@ def measure(
     else:
         cmd, parse = litert_command(tools[backend], model, threads, runs, warmup), parse_litert_benchmark
     per_round = []
-    for _ in range(rounds):
+    for i in range(rounds):
+        # each side goes first in every other round: a load rising or falling through a round favours neither
+        if i % 2:
+            theirs = run_tool(cmd, tool, parse)
         ours = time_artifact(folder, manifest, runs=runs, warmup=warmup, threads=threads, allow_unverified=True)
-        theirs = run_tool(cmd, tool, parse)
+        if not i % 2:
+            theirs = run_tool(cmd, tool, parse)
         per_round.append(
             {
                 "lightdeploy_ms": statistics.median(ours),
@@ -161,6 +172,8 @@ def measure(
         )
     ours = statistics.median(r["lightdeploy_ms"] for r in per_round)
     theirs = statistics.median(r["tool_ms"] for r in per_round)
+    # paired by round, the two sides seconds apart: the ratio the machine's drift disturbs least
+    ratio = statistics.median(r["lightdeploy_ms"] / r["tool_ms"] for r in per_round)
     fastest = min(r["lightdeploy_min_ms"] for r in per_round) / min(r["tool_min_ms"] for r in per_round)
     return Pair(
         folder.name,
@@ -168,8 +181,8 @@ def measure(
         tool,
         ours,
         theirs,
-        ours / theirs,
-        abs(ours / theirs - 1) <= tolerance,
+        ratio,
+        abs(ratio - 1) <= tolerance,
         fastest,
         per_round,
         [tool, *cmd[len(tools[backend]) :]],
@@ -180,9 +193,9 @@ def render(pairs: list[Pair], threads: int, runs: int, rounds: int, tolerance: f
     from rich.table import Table
 
     table = Table(
-        title=f"latency (ms), batch 1, {threads} threads, median of {rounds} round medians of {runs} runs",
-        caption="tool: benchmark_app for openvino, litert-benchmark for tflite; ratio = lightdeploy / tool "
-        "(min ratio: of the fastest runs)",
+        title=f"median latency (ms), batch 1, {threads} threads, {rounds} rounds of {runs} runs",
+        caption="tool: benchmark_app for openvino, litert-benchmark for tflite; ms: median of the round medians; "
+        "ratio: median of the rounds' lightdeploy / tool; min ratio: of the fastest runs",
     )
     table.add_column("artifact", overflow="fold")
     table.add_column("backend")
@@ -202,6 +215,65 @@ def render(pairs: list[Pair], threads: int, runs: int, rounds: int, tolerance: f
     return table
 
 
+def tool_loop_call(folder: Path, manifest: dict, runtime, x, threads: int):
+    """The call each tool's timing loop makes, on the runtime's own compiled model where it has one:
+    benchmark_app's sync loop runs ``InferRequest.infer()`` on tensors set once; litert-benchmark's runs
+    ``CompiledModel.run_by_name`` on buffers written once."""
+    if manifest["backend"] == "openvino":
+        import openvino as ov
+
+        request = runtime._compiled.create_infer_request()
+        request.set_input_tensor(ov.Tensor(x))
+        return request.infer
+    from ai_edge_litert.compiled_model import CompiledModel
+    from ai_edge_litert.environment import Environment, EnvironmentOptions
+    from ai_edge_litert.hardware_accelerator import HardwareAccelerator
+    from ai_edge_litert.options import CpuOptions, Options
+
+    options = Options(hardware_accelerators=HardwareAccelerator.CPU, cpu_options=CpuOptions(num_threads=threads))
+    env = Environment.create(options=EnvironmentOptions())
+    model = CompiledModel.from_file(str(folder / manifest["backend_file"]), environment=env, options=options)
+    sig = next(iter(model.get_signature_list()))
+    ins = {k: model.create_input_buffer_by_name(sig, k) for k in model.get_input_tensor_details(sig)}
+    outs = {k: model.create_output_buffer_by_name(sig, k) for k in model.get_output_tensor_details(sig)}
+    for buffer in ins.values():
+        buffer.write(x)
+    return lambda: model.run_by_name(sig, ins, outs)
+
+
+def paired(folder: Path, *, threads: int, calls: int, warmup: int) -> dict:
+    """lightdeploy's ``run`` and the tool's loop call alternating call by call in one process, so both
+    see the same load: the median of the per-pair ratios isolates what the wrapper adds."""
+    import numpy as np
+
+    from lightdeploy.bench import concrete_shape
+    from lightdeploy.runtimes import open_runtime
+    from lightdeploy.runtimes.manifest import read_manifest
+
+    manifest = read_manifest(folder)
+    x = np.random.default_rng(0).standard_normal(concrete_shape(manifest)).astype(np.float32)
+    with open_runtime(folder, manifest, threads=threads, allow_unverified=True) as runtime:
+        feed = {manifest["inputs"][0]["name"]: x}
+        fns = (lambda: runtime.run(feed), tool_loop_call(folder, manifest, runtime, x, threads))
+        for fn in fns:
+            for _ in range(warmup):
+                fn()
+        times = [[], []]
+        for _ in range(calls):
+            for fn, out in zip(fns, times):
+                t0 = time.perf_counter()
+                fn()
+                out.append((time.perf_counter() - t0) * 1e3)
+    ours, theirs = (np.array(t) for t in times)
+    return {
+        "artifact": folder.name,
+        "lightdeploy_ms": float(np.median(ours)),
+        "loop_call_ms": float(np.median(theirs)),
+        "paired_ratio": float(np.median(ours / theirs)),
+        "paired_diff_us": float(np.median(ours - theirs) * 1e3),
+    }
+
+
 def load_average() -> str:
     try:
         return " ".join(Path("/proc/loadavg").read_text().split()[:3])
@@ -218,6 +290,13 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--tolerance", type=float, default=TOLERANCE, help="|ratio - 1| allowed (default 0.10)")
     ap.add_argument("--json", default=None)
+    ap.add_argument(
+        "--paired",
+        type=int,
+        default=0,
+        metavar="CALLS",
+        help="instead: lightdeploy's run and the tool's loop call alternating CALLS times in one process",
+    )
     args = ap.parse_args(argv)
 
     from rich.console import Console
@@ -232,6 +311,17 @@ def main(argv=None) -> int:
             console.print(f"{folder}: a {backend} artifact; this script compares openvino and tflite only (skipped)")
             continue
         backends[folder] = backend
+    if args.paired:
+        rows = [paired(f, threads=args.threads, calls=args.paired, warmup=args.warmup) for f in backends]
+        for row in rows:
+            console.print(
+                f"{row['artifact']}: lightdeploy {row['lightdeploy_ms']:.2f} ms, the tool's loop call "
+                f"{row['loop_call_ms']:.2f} ms; per pair: ratio {row['paired_ratio']:.3f}, "
+                f"difference {row['paired_diff_us']:.0f} us"
+            )
+        if args.json:
+            Path(args.json).write_text(json.dumps(rows, indent=2))
+        return 0
     tools, missing = {}, []
     for backend in sorted(set(backends.values())):
         name, extra = TOOLS[backend]

@@ -23,7 +23,8 @@ Compared statistic: the median latency (benchmark_app's "Median", litert-benchma
 first in every other round; the ratio judged is the median over rounds of lightdeploy's median / the
 tool's, each pair taken seconds apart (a shared machine's load drifts within seconds).  The ratio of
 the two sides' fastest runs is printed beside it.  Exit 1 when a tool is missing (naming the extra that
-installs it), 2 when a ratio is outside ``--tolerance``.
+installs it), 2 when a ratio is outside ``--tolerance``, 3 when a tool fails or its output has no
+latency figure.
 
 ``--paired CALLS`` separates the wrapper from the machine: in one process, lightdeploy's ``run`` and the
 call the tool's loop times (see ``tool_loop_call``) alternate call by call, and the median per-pair
@@ -334,18 +335,22 @@ def main(argv=None) -> int:
     before = load_average()
     pairs = []
     for folder, backend in backends.items():
-        console.print(f"timing {folder.name} ({args.rounds} rounds: lightdeploy, then {TOOLS[backend][0]})")
-        pairs.append(
-            measure(
-                folder,
-                tools,
-                threads=args.threads,
-                runs=args.runs,
-                warmup=args.warmup,
-                rounds=args.rounds,
-                tolerance=args.tolerance,
+        console.print(f"timing {folder.name} ({args.rounds} rounds, alternating with {TOOLS[backend][0]})")
+        try:
+            pairs.append(
+                measure(
+                    folder,
+                    tools,
+                    threads=args.threads,
+                    runs=args.runs,
+                    warmup=args.warmup,
+                    rounds=args.rounds,
+                    tolerance=args.tolerance,
+                )
             )
-        )
+        except ToolOutputError as exc:
+            print(f"{folder.name}: {exc}", file=sys.stderr)
+            return 3
     after = load_average()
     console.print(render(pairs, args.threads, args.runs, args.rounds, args.tolerance))
     console.print(f"load average (1, 5, 15 min) before {before}, after {after}, on {os.cpu_count()} cores")

@@ -29,7 +29,8 @@ class BenchRow:
     ratio_to_eager: float | None = None
 
 
-def time_fn(fn, warmup: int, runs: int) -> tuple[float, float]:
+def sample_fn(fn, warmup: int, runs: int) -> list[float]:
+    """Each timed call's latency (ms) after ``warmup`` untimed calls."""
     for _ in range(warmup):
         fn()
     times = []
@@ -37,7 +38,16 @@ def time_fn(fn, warmup: int, runs: int) -> tuple[float, float]:
         t0 = time.perf_counter()
         fn()
         times.append((time.perf_counter() - t0) * 1e3)
+    return times
+
+
+def summary(times: list[float]) -> tuple[float, float]:
+    """(median, p90) ms."""
     return float(np.median(times)), float(np.percentile(times, 90))
+
+
+def time_fn(fn, warmup: int, runs: int) -> tuple[float, float]:
+    return summary(sample_fn(fn, warmup, runs))
 
 
 def concrete_shape(manifest: dict) -> list[int]:
@@ -47,6 +57,19 @@ def concrete_shape(manifest: dict) -> list[int]:
     spatial = (2, 3) if manifest["preprocessing"].get("layout", "NCHW") == "NCHW" else (1, 2)
     fill = {0: 1, spatial[0]: h, spatial[1]: w}
     return [d if isinstance(d, int) else fill.get(i, 1) for i, d in enumerate(dims)]
+
+
+def time_artifact(
+    folder: Path, manifest: dict, *, runs: int, warmup: int, threads: int, allow_unverified: bool = False
+) -> list[float]:
+    """Each timed ``run`` (ms) of one artifact on a random feed of ``concrete_shape``: what ``lightdeploy
+    bench`` summarises for it, and what bench/independent.py compares with the backends' own tools."""
+    from lightdeploy.runtimes import open_runtime
+
+    shape = concrete_shape(manifest)
+    feed = {manifest["inputs"][0]["name"]: np.random.default_rng(0).standard_normal(shape).astype(np.float32)}
+    with open_runtime(folder, manifest, threads=threads, allow_unverified=allow_unverified) as runtime:
+        return sample_fn(functools.partial(runtime.run, feed), warmup, runs)
 
 
 def bench(
@@ -64,7 +87,6 @@ def bench(
 
     from lightdeploy.factory import create_model, eager_from_manifest
     from lightdeploy.models.registry import get_spec
-    from lightdeploy.runtimes import open_runtime
     from lightdeploy.runtimes.manifest import read_manifest
 
     torch.set_num_threads(threads)
@@ -94,9 +116,11 @@ def bench(
                 manifest["model"], size, shape[0], functools.partial(eager_from_manifest, manifest, calibrate_bn=False)
             )
             progress(f"timing {path.name}")
-            runtime = open_runtime(path, manifest, threads=threads, allow_unverified=allow_unverified)
-            feed = {manifest["inputs"][0]["name"]: np.random.default_rng(0).standard_normal(shape).astype(np.float32)}
-            med, p90 = time_fn(functools.partial(runtime.run, feed), warmup, runs)
+            med, p90 = summary(
+                time_artifact(
+                    path, manifest, runs=runs, warmup=warmup, threads=threads, allow_unverified=allow_unverified
+                )
+            )
             ref = eager_ms[(manifest["model"], size, shape[0])]
             rows.append(
                 BenchRow(

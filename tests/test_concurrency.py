@@ -10,6 +10,7 @@ of execution contexts is tested the same way against the simulated TensorRT in t
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -193,3 +194,44 @@ def test_pool_close_destroys_free_and_returned_objects():
         pool.close()
         assert destroyed == []  # in use: destroyed when its call gives it back
     assert destroyed == [held]
+
+
+def test_pool_close_wakes_a_waiting_call_with_an_error():
+    pool = Pool(lambda: object(), size=1)
+    errors, started = [], threading.Event()
+
+    def wait_for_the_held_object():
+        started.set()
+        try:
+            with pool.take():
+                pass
+        except UsageError as exc:
+            errors.append(exc)
+
+    with pool.take():
+        waiter = threading.Thread(target=wait_for_the_held_object)
+        waiter.start()
+        started.wait()
+        time.sleep(0.1)  # the waiter blocks on the one object (or, if later, finds the pool closed)
+        pool.close()
+        waiter.join(timeout=5)
+    assert not waiter.is_alive() and len(errors) == 1 and "closed" in str(errors[0])
+
+
+def test_pool_failed_make_frees_its_place():
+    calls = [0]
+
+    def make():
+        calls[0] += 1
+        if calls[0] == 2:
+            raise RuntimeError("out of memory")
+        return object()
+
+    pool = Pool(make, size=2)
+    with pool.take():
+        with pytest.raises(RuntimeError, match="out of memory"):
+            with pool.take():
+                pass
+        with pool.take() as second:  # the failed make did not use up the pool's second place
+            assert second is not None
+    assert pool.created == 2

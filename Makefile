@@ -47,7 +47,7 @@ test: $(STAMP)
 
 # The product at a glance: every registered model (or MATRIX_MODELS) x CPU backend x precision, exported,
 # gated and timed: the table, docs/matrix.{json,md,png}.  MATRIX_FLAGS=--resume extends docs/matrix.json
-# with the models it lacks.  Hours for every model on 2 cores; artifacts go to matrix-artifacts/.
+# with the cells it lacks.  Hours for every model on 2 cores; artifacts go to matrix-artifacts/.
 MATRIX_MODELS ?=
 MATRIX_FLAGS ?=
 matrix: $(STAMP) weights

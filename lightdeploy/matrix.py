@@ -125,32 +125,40 @@ def run_matrix(
     progress: Callable[[str], None] = lambda msg: None,
     checkpoint: Callable[[list[MatrixCell]], None] = lambda cells: None,
 ) -> list[MatrixCell]:
-    """Export, gate and time every (model, target, precision).  A model with every cell in ``done`` keeps
-    them; any other model is run whole; cells in ``done`` of models not asked for are kept at the end.  ``input_size``: one size for all (default: each model's own).
-    ``checkpoint`` gets the cells so far after each model (a long run interrupted keeps what it did)."""
+    """Export, gate and time every (model, target, precision) not already in ``done``.
+
+    Cells in ``done`` are kept as they are (a resumed run, or one that adds cells with ``targets``), also
+    those of models not asked for.  ``input_size``: one size for all (default: each model's own).
+    ``checkpoint`` gets every cell so far after each model (a long run interrupted keeps what it did).
+    The table is ordered by ``models`` (then the kept models), each model's cells as in ``TARGETS``."""
     import torch
 
     from lightdeploy.models.registry import get_spec
 
     for model in models:
         get_spec(model)  # an unknown name fails here, with the closest names, before any work
-    kept = {c.cell_id: c for c in (done or [])}
-    fresh = [m for m in models if any((m, t, p) not in kept for t, p in targets)]
-    cells: list[MatrixCell] = []
-    todo = [(m, t, p) for m in fresh for t, p in targets]
+    cells = {c.cell_id: c for c in (done or [])}
+    todo = [(m, t, p) for m in models for t, p in targets if (m, t, p) not in cells]
     torch.set_num_threads(threads)
-    for model in models:
-        if model not in fresh:
-            cells += [kept[(model, t, p)] for t, p in targets]
-            continue
-        mine = []
-        for target, precision in targets:
-            progress(f"[{todo.index((model, target, precision)) + 1}/{len(todo)}] {model} -> {target}/{precision}")
-            mine.append(_cell(model, target, precision, out, input_size, threads, runs, warmup))
-        _fill_ratios(mine, model, input_size, threads, runs, warmup, progress)
-        cells += mine
-        checkpoint(cells + [c for c in done or [] if c.model not in {x.model for x in cells}])
-    return cells + [c for c in done or [] if c.model not in models]
+    for model in dict.fromkeys(m for m, _, _ in todo):
+        fresh = []
+        for step, (m, target, precision) in enumerate(todo, 1):
+            if m == model:
+                progress(f"[{step}/{len(todo)}] {model} -> {target}/{precision}")
+                fresh.append(_cell(model, target, precision, out, input_size, threads, runs, warmup))
+        cells.update((c.cell_id, c) for c in fresh)
+        _fill_ratios(
+            fresh, [c for c in cells.values() if c.model == model], input_size, threads, runs, warmup, progress
+        )
+        checkpoint(_table_order(cells.values(), models))
+    return _table_order(cells.values(), models)
+
+
+def _table_order(cells, models: list[str]) -> list[MatrixCell]:
+    cells = list(cells)
+    rank = {m: i for i, m in enumerate(dict.fromkeys([*models, *(c.model for c in cells)]))}
+    slot = {pair: i for i, pair in enumerate(TARGETS)}
+    return sorted(cells, key=lambda c: (rank[c.model], slot.get((c.target, c.precision), len(slot))))
 
 
 def _cell(model, target, precision, out: Path, input_size, threads: int, runs: int, warmup: int) -> MatrixCell:
@@ -208,24 +216,26 @@ def _time_artifact(cell: MatrixCell, folder: Path, manifest: dict, threads: int,
         cell.batch8_ips = THROUGHPUT_BATCH * 1e3 / median
 
 
-def _fill_ratios(cells: list[MatrixCell], model: str, input_size, threads, runs, warmup, progress) -> None:
-    """Ratios of one model's cells to its eager latency (timed now) and to its ONNX Runtime fp32 cell."""
+def _fill_ratios(fresh: list[MatrixCell], mine: list[MatrixCell], input_size, threads, runs, warmup, progress) -> None:
+    """Ratios of a model's fresh cells to its eager latency (timed now) and to its ONNX Runtime fp32 cell
+    (among all of the model's cells ``mine``, fresh or kept)."""
     import torch
 
     from lightdeploy.bench import time_fn
     from lightdeploy.factory import create_model
     from lightdeploy.models.registry import get_spec
 
-    timed = [c for c in cells if c.median_ms is not None]
+    timed = [c for c in fresh if c.median_ms is not None]
     if not timed:
         return
+    model = timed[0].model
     progress(f"timing eager {model}")
     size = input_size or get_spec(model).input_size
     net = create_model(model, input_size=size, calibrate_bn=False)
     x = torch.randn(1, 3, *size)
     with torch.inference_mode():
         eager_ms, _ = time_fn(lambda: net(x), warmup, runs)
-    ort = next((c.median_ms for c in timed if (c.target, c.precision) == ("onnx", "fp32")), None)
+    ort = next((c.median_ms for c in mine if (c.target, c.precision) == ("onnx", "fp32") and c.median_ms), None)
     for c in timed:
         c.x_eager = c.median_ms / eager_ms
         c.x_ort = c.median_ms / ort if ort else None

@@ -73,7 +73,7 @@ def test_failed_gate_is_timed_and_failed_export_is_a_row(tmp_path: Path, monkeyp
     assert table.row_count == 2
 
 
-def test_resume_keeps_finished_models_and_reruns_the_rest(tmp_path: Path, monkeypatch):
+def test_resume_keeps_finished_cells_and_runs_the_missing_ones(tmp_path: Path, monkeypatch):
     done = [
         matrix.MatrixCell(MODEL, "onnx", "fp32", "pass", "1-cos 0.0e+00", 0.0, 1.0, 1.0, 2, 1.0, 1.1),
         matrix.MatrixCell("snet49", "onnx", "fp32", "pass", "1-cos 0.0e+00", 0.0, 1.0, 1.0, 2, 1.0, 1.1),
@@ -87,14 +87,25 @@ def test_resume_keeps_finished_models_and_reruns_the_rest(tmp_path: Path, monkey
         raise RuntimeError("not exported in this test")
 
     monkeypatch.setattr(pipeline, "export", export)
-    targets = (("onnx", "fp32"),)
+    targets = (("openvino", "int8"), ("onnx", "fp32"))
     cells = matrix.run_matrix(
         [MODEL, "shufflenetv2_x0.5"], tmp_path, targets=targets, done=done, input_size=SIZE, checkpoint=saved.append
     )
-    assert cells[0] is done[0]  # kept whole, not re-run
-    assert calls == [("shufflenetv2_x0.5", "onnx", "fp32")] and cells[1].status == "error"
-    assert cells[2] is done[1]  # a model not asked for stays in the table
-    assert [[c.model for c in s] for s in saved] == [[MODEL, "shufflenetv2_x0.5", "snet49"]]
+    # the kept cell is not re-run; the missing ones are, and every row lands in TARGETS order per model
+    assert calls == [
+        (MODEL, "openvino", "int8"),
+        ("shufflenetv2_x0.5", "openvino", "int8"),
+        ("shufflenetv2_x0.5", "onnx", "fp32"),
+    ]
+    assert [c.cell_id[:2] for c in cells] == [
+        (MODEL, "onnx"),
+        (MODEL, "openvino"),
+        ("shufflenetv2_x0.5", "onnx"),
+        ("shufflenetv2_x0.5", "openvino"),
+        ("snet49", "onnx"),  # a model not asked for stays in the table
+    ]
+    assert cells[0] is done[0] and cells[-1] is done[1] and cells[1].status == "error"
+    assert [len(s) for s in saved] == [3, 5]  # on disk after each model
 
 
 def test_unknown_model_and_cell_are_usage_errors(tmp_path: Path):

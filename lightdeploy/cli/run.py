@@ -112,7 +112,9 @@ def bench(
         "gate and time each artifact: one table.",
     ),
     markdown: Path | None = typer.Option(None, "--markdown", help="--matrix: write the table as Markdown."),
-    resume: bool = typer.Option(False, "--resume", help="--matrix: keep the models already in --json, run the rest."),
+    resume: bool = typer.Option(
+        False, "--resume", help="--matrix: keep the cells already in --json, run the missing ones."
+    ),
     out: Path = typer.Option(Path("matrix-artifacts"), "--out", help="--matrix: where the artifacts go."),
     cells: list[str] = typer.Option(
         None, "--to", metavar="TARGET/PRECISION", help="--matrix: only these cells (default: every CPU one)."

@@ -76,6 +76,8 @@ def special_cases():
         0.0,
     )
     yield "empty", torch.zeros(0, 4), torch.zeros(0), 0.5
+    yield "duplicates_tied", same.repeat(2, 1), torch.tensor([0.5, 0.5, 0.9, 0.5, 0.9] * 2), 0.5
+    yield "no_suppression", boxes, scores, 1.0  # IoU <= 1: each box is removed only by being picked
     for k, (b, s, t, _) in enumerate(AT_THRESHOLD):
         yield f"at_threshold_{k}", b, s, t
 
@@ -137,10 +139,42 @@ def test_decomposition_equals_greedy_on_random_sets(seed):
         assert keep.tolist() == cut + [-1] * (max_output - len(cut)) and int(num_kept) == len(cut)
 
 
-def test_stable_descending_order_matches_stable_sort():
-    scores = torch.tensor([0.5, 0.9, 0.5, 0.1, 0.9, 0.5])
-    expected = torch.sort(scores, descending=True, stable=True).indices
-    assert torch.equal(nms_ops.stable_descending_order(scores), expected)
+def ties_reversed_topk(values, k):
+    """torch.topk, but equal values come out highest index first: another backend's tie order."""
+    order = sorted(range(len(values)), key=lambda i: (-float(values[i]), -i))[:k]
+    index = torch.tensor(order, dtype=torch.int64)
+    return torch.return_types.topk((values[index], index))
+
+
+@pytest.mark.parametrize("tie_order", ["torch", "reversed"])
+def test_stable_descending_order_matches_stable_sort(tie_order, monkeypatch):
+    """Equal scores come out in index order whichever way top-k breaks ties."""
+    if tie_order == "reversed":
+        monkeypatch.setattr(torch, "topk", ties_reversed_topk)
+    g = torch.Generator().manual_seed(8)
+    cases = [
+        torch.tensor([0.5, 0.9, 0.5, 0.1, 0.9, 0.5]),
+        torch.tensor([0.0, -0.0, 1.0, -0.0, 0.0]),  # signed zeros are equal scores
+        torch.full((7,), 0.25),
+        torch.tensor([3.0]),
+        torch.rand(500, generator=g).round(decimals=1),
+        torch.tensor([float("-inf"), 1.0, float("-inf"), float("inf"), 1.0]),
+    ]
+    for scores in cases:
+        expected = torch.sort(scores, descending=True, stable=True).indices
+        assert torch.equal(nms_ops.stable_descending_order(scores), expected), scores
+
+
+def test_decomposition_equals_greedy_at_detector_size():
+    """ThunderNet's proposal NMS: 2000 boxes with tied scores and duplicate boxes, 200 kept."""
+    boxes, scores = random_boxes(2000, seed=9, tie_decimals=2)
+    boxes = boxes * 3
+    boxes[1000:1300] = boxes[:300]  # duplicates: IoU 1 with their twin
+    boxes[::13, 2:] = boxes[::13, :2]  # zero-area
+    for threshold, max_output in [(0.7, 200), (0.5, 100), (0.95, 2000)]:
+        expected = nms_ops.nms_fixed_eager(boxes, scores, threshold, max_output)
+        got = nms_ops.nms_fixed_decomposition(boxes, scores, threshold, max_output)
+        assert torch.equal(got[0], expected[0]) and int(got[1]) == int(expected[1])
 
 
 def test_user_errors_raise_value_error():
@@ -238,3 +272,42 @@ def test_tables():
     fixed = torch.ops.lightdeploy.nms_fixed.default
     assert decompositions[fixed] is nms_ops.nms_fixed_decomposition
     assert torch.ops.lightdeploy.nms.default not in decompositions
+
+
+# --------------------------------------------------------------------------------------- TFLite
+class FixedNMSModule(torch.nn.Module):
+    def __init__(self, threshold, max_output):
+        super().__init__()
+        self.threshold, self.max_output = threshold, max_output
+
+    def forward(self, boxes, scores):
+        keep, num_kept = nms_ops.nms_fixed(boxes, scores, self.threshold, self.max_output)
+        return {"keep": keep, "num_kept": num_kept}
+
+
+@pytest.mark.slow
+def test_tflite_nms_fixed_equals_eager():
+    """The decomposition converted by litert-torch and run in LiteRT (TOPK_V2's own tie order):
+    ties, duplicates, zero-area boxes and fewer boxes left than output slots."""
+    litert_torch = pytest.importorskip("litert_torch")
+    interpreter = pytest.importorskip("ai_edge_litert.interpreter")
+    from lightdeploy.exporters.tflite.convert import _decompositions
+
+    n, max_output = 300, 40
+    boxes, scores = random_boxes(n, seed=10)
+    with _decompositions(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        edge = litert_torch.convert(FixedNMSModule(0.5, max_output).eval(), (), {"boxes": boxes, "scores": scores})
+    runner = interpreter.Interpreter(model_content=bytes(edge.model_content())).get_signature_runner()
+    same = torch.tensor([[10.0, 10, 20, 20]]).repeat(n, 1)
+    inputs = [
+        (boxes, scores),
+        (boxes, torch.full((n,), 0.5)),
+        (torch.cat([boxes[:150], boxes[:150]]), scores.round(decimals=0)),  # duplicates, two scores
+        (torch.where(torch.arange(n)[:, None] % 3 == 0, boxes[:, [0, 1, 0, 1]], boxes), scores),  # zero-area
+        (same, scores),  # one box survives: 39 padding slots
+    ]
+    for b, s in inputs:
+        out = runner(boxes=b.numpy(), scores=s.numpy())
+        keep, num_kept = nms_ops.nms_fixed_eager(b, s, 0.5, max_output)
+        assert np.array_equal(out["keep"], keep.numpy()) and int(out["num_kept"]) == int(num_kept)

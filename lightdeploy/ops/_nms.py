@@ -32,13 +32,13 @@ Lowerings:
   needed; the tests assert index equality with all-equal and 0.1-rounded scores.  ``nms`` has no
   decomposition: its output size depends on the data, which litert-torch cannot express.
 - ``nms_fixed`` -> ONNX ``NonMaxSuppression`` with max_output_boxes_per_class = max_output, then a
-  Pad with -1.  Its decomposition (TFLite) is greedy, unrolled over the max_output picks: an N x N
-  "IoU > t" matrix of the sorted boxes, then max_output steps that each take the first still-alive
-  box and clear the boxes it overlaps; it equals greedy exactly and costs O(N^2 + max_output * N).
-  (Its first form walked all N boxes: N - 1 steps, ~21.6k TFLite ops for ThunderNet at 320x320, a
-  5 min conversion and 110 ms of TFLite time against ORT's 15 ms; picking stops at max_output:
-  ~8k ops.)  The score order is built from comparisons (``stable_descending_order``): litert-torch
-  failed on torch.sort ("comparator block argument should be tensor<i32>").
+  Pad with -1.  Its decomposition (TFLite) is greedy, unrolled over the max_output picks: sort once,
+  then each step takes the first still-alive box, computes its IoU row against all N sorted boxes
+  and clears the ones it overlaps.  It equals greedy exactly and costs O(N log N + max_output * N),
+  with no N x N tensor (at N = 2000 one is 4M elements per op).  The sort is two TOPK_V2
+  (``stable_descending_order``): litert-torch fails on torch.sort ("comparator block argument
+  should be tensor<i32>"), and top-k orders equal scores as its backend likes, so the second top-k
+  sorts distinct integer keys.
 - ``batched_nms`` (class-aware) is plain torch around ``nms``: boxes of class c are shifted by
   c * (max coordinate + 1) so different classes never overlap (torchvision's coordinate trick).  It
   exports as arithmetic + NonMaxSuppression.  The shift costs float32 precision for large class
@@ -105,56 +105,65 @@ def nms_fixed_eager(boxes, scores, iou_threshold: float, max_output: int):
     return padded, torch.tensor(len(kept), dtype=torch.int64, device=boxes.device)
 
 
-def pairwise_iou(boxes: torch.Tensor) -> torch.Tensor:
-    """[N, 4] -> [N, N] IoU with the same float operations as the greedy loop (symmetric)."""
-    x1, y1, x2, y2 = boxes.unbind(dim=1)
-    areas = (x2 - x1) * (y2 - y1)
-    w = (torch.minimum(x2[:, None], x2[None]) - torch.maximum(x1[:, None], x1[None])).clamp(min=0)
-    h = (torch.minimum(y2[:, None], y2[None]) - torch.maximum(y1[:, None], y1[None])).clamp(min=0)
-    inter = w * h
-    return inter / (areas[:, None] + areas[None] - inter)
-
-
 def stable_descending_order(scores: torch.Tensor) -> torch.Tensor:
-    """argsort(scores, descending, stable) from comparisons only: TFLite's sort needs int32 keys.
+    """argsort(scores, descending, stable) from two top-k's (TOPK_V2 in TFLite).
 
-    rank[j] = number of boxes visited before j (higher score, or equal score and lower index);
-    order[r] = the j with rank r, picked by an integer one-hot sum (exact).  O(N^2) like the IoUs.
+    The first top-k sorts the values; its order within a run of equal values is the backend's (TF
+    and torch may differ).  The second sorts distinct int32 keys run * N + index (run = the rank of
+    the distinct value), so equal scores come out in index order whatever the backend does.
     """
-    index = torch.arange(scores.shape[0], device=scores.device)
-    higher = scores[:, None] > scores[None, :]
-    tie_first = (scores[:, None] == scores[None, :]) & (index[:, None] < index[None, :])
-    rank = (higher | tie_first).to(torch.int64).sum(dim=0)
-    return ((rank[None, :] == index[:, None]).to(torch.int64) * index[None, :]).sum(dim=1)
+    n = scores.shape[0]
+    if n * n >= 2**31:  # int32 keys would overflow; detectors sort a few thousand boxes
+        raise ValueError(f"the TFLite form of nms_fixed sorts at most 46340 boxes, got {n}")
+    values, first = torch.topk(scores, n)
+    # cumsum in int32 (torch promotes it to int64, which TFLite's concatenation would not match)
+    new_run = (values[1:] != values[:-1]).to(torch.int32)
+    run = torch.cat([new_run.new_zeros(1), torch.cumsum(new_run, 0, dtype=torch.int32)])
+    key = run * n + first.to(torch.int32)
+    return first.gather(0, torch.topk(-key, n).indices)
 
 
 def nms_fixed_decomposition(boxes, scores, iou_threshold: float, max_output: int):
     """Greedy NMS with static shapes and builtin ops only (for litert-torch / TFLite).
 
-    Sort, then pick the kept boxes one by one, max_output times (unrolled: max_output is static):
-    the next kept box is the first box in score order that no kept box suppresses, and it removes
-    the boxes it overlaps by IoU > t from the alive mask.  That is the greedy loop itself, so the
-    result is exact; it stops where the output is full instead of walking all N boxes, so it costs
-    max_output steps of O(N) (ThunderNet: 200 + 100 steps instead of 2000 + 1000).  When nothing is
-    alive the slot is padding (-1).
+    Sort, then pick the kept boxes one by one (unrolled: max_output is static): the next kept box is
+    the first box in score order that no kept box suppresses; its IoU row against the N sorted boxes
+    (the greedy loop's own float operations) clears those it overlaps by IoU > t.  That is the greedy
+    loop itself, so the result is exact; it stops where the output is full instead of walking all N
+    boxes (ThunderNet: 200 + 100 steps instead of 2000 + 1000), and each step is O(N).
     """
     n = boxes.shape[0]
     if n == 0:  # static: no boxes, all padding
         return torch.full((max_output,), -1, dtype=torch.int64, device=boxes.device), torch.zeros((), dtype=torch.int64)
+    device = boxes.device
+    threshold = float32_threshold(iou_threshold)
     order = stable_descending_order(scores)
-    overlaps = pairwise_iou(boxes[order].to(torch.float32)) > float32_threshold(iou_threshold)
-    position = torch.arange(n, device=boxes.device)
-    first_weight = (n - position).to(torch.float32)  # argmax of alive * weight = first alive position
-    alive = torch.ones(n, dtype=torch.bool, device=boxes.device)
+    # A sentinel at position n (an empty box, index -1) is picked once nothing is alive: its weight
+    # 0.5 is below every alive box's, it overlaps nothing (IoU 0 or 0/0), and position -1 keeps a
+    # sentinel pick from removing it.
+    sorted_boxes = torch.cat([boxes[order].to(torch.float32), torch.zeros(1, 4, device=device)])
+    lo_rows, hi_rows = sorted_boxes[:, :2], sorted_boxes[:, 2:]  # [n + 1, 2]: one row gathered per step
+    lo, hi = lo_rows.T.contiguous(), hi_rows.T.contiguous()  # [2, n + 1]: x and y rows, no per-step transpose
+    areas = (sorted_boxes[:, 2] - sorted_boxes[:, 0]) * (sorted_boxes[:, 3] - sorted_boxes[:, 1])
+    index = torch.arange(n, dtype=torch.int32, device=device)
+    position = torch.cat([index, torch.full((1,), -1, dtype=torch.int32, device=device)])
+    # argmax of the weights = the first alive position (weights decrease along the order; dead = 0)
+    weight = torch.cat([(n - index).to(torch.float32), torch.full((1,), 0.5, device=device)])
     picked = []
-    for _ in range(max_output):
-        # index_select with a [1] index (a GATHER), not t[i]: tracing would need i's value
-        i = torch.argmax(alive.to(torch.float32) * first_weight, dim=0, keepdim=True)
-        kept = order.index_select(0, i)
-        picked.append(torch.where(alive.index_select(0, i), kept, torch.full_like(kept, -1)))
-        # a zero-area box has IoU NaN with itself (not > t): it is removed by position
-        alive = alive & ~overlaps.index_select(0, i)[0] & (position != i)
-    padded = torch.cat(picked)
+    for _ in range(min(max_output, n)):
+        i = torch.argmax(weight, dim=0, keepdim=True)
+        picked.append(i)
+        lower = torch.maximum(lo_rows[i].reshape(2, 1), lo)
+        upper = torch.minimum(hi_rows[i].reshape(2, 1), hi)
+        wh = (upper - lower).clamp(min=0)
+        inter = wh[0] * wh[1]
+        iou = inter / (areas[i] + areas - inter)
+        # a zero-area box has IoU 0/0 = NaN with itself (not > t): it is removed by position
+        weight = torch.where((iou > threshold) | (position == i), 0.0, weight)
+    kept_index = torch.cat([order.to(torch.int32), torch.full((1,), -1, dtype=torch.int32, device=device)])
+    padded = kept_index[torch.cat(picked)].to(torch.int64)
+    if max_output > n:  # static: more slots than boxes
+        padded = torch.cat([padded, torch.full((max_output - n,), -1, dtype=torch.int64, device=device)])
     num_kept = (padded >= 0).to(torch.int64).sum()
     return padded, num_kept
 

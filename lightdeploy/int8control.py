@@ -23,9 +23,10 @@ import numpy as np
 
 VALIDATION_RANDOM = 4  # as many as the gate's
 RANDOM_SEED = 4321  # not the gate's random tensors' (1234)
-# The int8 row's cosine (0.98, parity/tolerances.py) plus a margin for the gate's inputs not being
-# the validation inputs; tests/test_int8control.py keeps it above the row.
-TARGET_COSINE = 0.985
+# The int8 row's cosine (0.98, parity/tolerances.py) plus a margin for the gate's inputs not being the
+# validation inputs: layers chosen for their validation cosine score lower on the gate's (by up to 0.007,
+# docs/measurements.md#int8-trained).  tests/test_int8control.py keeps it above the row.
+TARGET_COSINE = 0.99
 # At most this many modules stay float: a fallback that needs more is not an int8 artifact any more.
 MAX_FLOAT_MODULES = 4
 CONTROLLED_TASKS = ("classify", "segment")  # logits outputs; detections are judged by box F1 only

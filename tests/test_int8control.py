@@ -106,3 +106,19 @@ def test_a_qdq_layer_without_its_qdq_computes_the_float_layer(tmp_path):
     np.testing.assert_allclose(run(restored), run(model), rtol=1e-5, atol=1e-5)
     partial = without_qdq(qdq, model, ["conv2"])
     assert quantized_layers(partial) == ["conv1"]
+
+
+def test_openvino_accuracy_control_reverts_layers_when_no_range_setting_reaches_the_target(tmp_path, monkeypatch):
+    """The path a model takes when neither range setting meets the target: NNCF's accuracy-controlled
+    quantisation with the validation cosine, within the float budget, recorded in the manifest."""
+    from lightdeploy.exporters.openvino import quantize
+    from lightdeploy.pipeline import export
+
+    monkeypatch.setattr(int8control, "TARGET_COSINE", 0.999999)  # out of reach: every step runs
+    monkeypatch.setattr(int8control, "MAX_FLOAT_MODULES", 2)
+    monkeypatch.setattr(quantize, "ALTERNATIVES", ())
+    outcome = export("mobilenetv2_x0.35", "openvino", precision="int8", input_size=(64, 64), out=tmp_path, parity=False)
+    control = outcome.manifest["backend_info"]["int8"]["accuracy_control"]
+    assert control["range_settings"][0]["activation_range"] == quantize.ACTIVATION_RANGE
+    assert not control["reached"] and len(control["float_modules"]) <= 2
+    assert control["worst_cosine"] >= control["shipped_settings"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from lightdeploy import int8control
 from lightdeploy.calibration import CALIB_SEED
@@ -108,6 +109,7 @@ def test_a_qdq_layer_without_its_qdq_computes_the_float_layer(tmp_path):
     assert quantized_layers(partial) == ["conv1"]
 
 
+@pytest.mark.slow  # about 8 minutes on a shared 2-core machine
 def test_openvino_accuracy_control_reverts_layers_when_no_range_setting_reaches_the_target(tmp_path, monkeypatch):
     """The path a model takes when neither range setting meets the target: NNCF's accuracy-controlled
     quantisation with the validation cosine, within the float budget, recorded in the manifest."""

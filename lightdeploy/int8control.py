@@ -97,15 +97,21 @@ def restore_float(
     *,
     target: float = TARGET_COSINE,
     budget: int = MAX_FLOAT_MODULES,
+    rerank: bool = False,
 ) -> dict:
     """Keep modules float greedily, most sensitive first, until ``measure`` reaches ``target``.
 
     ``measure(names)``: the worst validation cosine with those modules kept float.  Sensitivity is the
     worst cosine with one module alone kept float (the quantised model's ``start`` is the baseline).
-    Returns the decision for the manifest: ``float_modules`` (the best set measured, possibly empty),
-    its ``worst_cosine``, whether the target was ``reached``, and the measured ranking.
+    ``rerank``: each step keeps the module that measures best together with those already kept (costs
+    a pass over the candidates per step) instead of the next most sensitive alone; single gains need
+    not add up (docs/measurements.md#int8-trained).  Returns the decision for the manifest:
+    ``float_modules`` (the best set measured, possibly empty), its ``worst_cosine``, whether the target
+    was ``reached``, and the measurements.
     """
     single = {c: measure((c,)) for c in candidates}
+    if rerank:
+        return _reranked(measure, candidates, start, single, target, budget)
     ranked = sorted(single, key=single.get, reverse=True)
     best, best_score = (), start
     chosen: tuple[str, ...] = ()
@@ -126,6 +132,27 @@ def restore_float(
         "reached": best_score >= target,
         "sensitivity": {n: round(single[n], 4) for n in ranked[:8]},
         "steps": steps,
+    }
+
+
+def _reranked(measure, candidates, start: float, single: dict, target: float, budget: int) -> dict:
+    chosen: tuple[str, ...] = ()
+    score, steps = start, []
+    while len(chosen) < budget and score < target:
+        options = {c: single[c] if not chosen else measure((*chosen, c)) for c in candidates if c not in chosen}
+        best = max(options, key=options.get, default=None)
+        if best is None or options[best] <= score:
+            break
+        chosen, score = (*chosen, best), options[best]
+        steps.append({"float": list(chosen), "worst_cosine": round(score, 4)})
+    ranked = sorted(single, key=single.get, reverse=True)
+    return {
+        "float_modules": list(chosen),
+        "worst_cosine": round(score, 4),
+        "reached": score >= target,
+        "sensitivity": {n: round(single[n], 4) for n in ranked[:8]},
+        "steps": steps,
+        "reranked": True,
     }
 
 

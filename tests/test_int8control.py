@@ -34,6 +34,17 @@ def test_restore_float_keeps_the_most_sensitive_first_and_stops_at_the_target():
     assert decision["worst_cosine"] == round(start + 0.014, 4)
 
 
+def test_restore_float_reranked_keeps_what_measures_best_together():
+    def measure(names):  # a and b each help alone but not together; a and c together reach the target
+        together = {frozenset("ab"): 0.96, frozenset("ac"): 0.99, frozenset("ad"): 0.97}
+        return together.get(frozenset(names), {"a": 0.975, "b": 0.974, "c": 0.95, "d": 0.95}.get(names[0]))
+
+    greedy = int8control.restore_float(measure, list("abcd"), 0.95, target=0.985, budget=2)
+    assert greedy["float_modules"] == ["a"] and not greedy["reached"]
+    reranked = int8control.restore_float(measure, list("abcd"), 0.95, target=0.985, budget=2, rerank=True)
+    assert reranked["float_modules"] == ["a", "c"] and reranked["reached"]
+
+
 def test_restore_float_reports_a_miss_within_the_budget():
     decision = int8control.restore_float(lambda names: 0.9 + 0.01 * len(names), ["a", "b", "c"], 0.9, budget=2)
     assert decision["float_modules"] == ["a", "b"] and not decision["reached"]

@@ -69,10 +69,7 @@ def test_trained_mobilenetv2_fp32_keeps_eager_top5(imagenet, target, tmp_path, c
 
 # The int8 rows of a trained classifier, judged with the default calibration under accuracy control
 # (lightdeploy.int8control; docs/measurements.md#int8-trained).
-TRAINED_INT8_XFAIL = {
-    "trt": "QDQ on compute inputs, percentile 99.99 ranges and features.14's projection conv without Q/DQ: "
-    "validation worst cosine 0.985 (target 0.99); gate worst cosine 0.978, top-1 agreement 0.9875",
-}
+TRAINED_INT8_XFAIL: dict[str, str] = {}  # every backend's row passes (2026-12-05)
 
 
 @pytest.mark.slow

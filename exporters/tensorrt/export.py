@@ -80,7 +80,7 @@ class TensorRTExporter:
         if precision == "int8":
             from lightdeploy.exporters.tensorrt.qdq import QDQ_FILE, make_qdq
 
-            int8 = make_qdq(workdir / ONNX_FILE, workdir / QDQ_FILE, job.input_name, calib.batches, workdir)
+            int8 = make_qdq(workdir / ONNX_FILE, workdir / QDQ_FILE, job.input_name, calib.batches, workdir, job=job)
             int8["calibration"] = calib.description
             qdq_check = check_onnx(workdir / QDQ_FILE, subject=f"{job.spec.name} (QDQ)")
             if not qdq_check.supported:

@@ -293,6 +293,23 @@ def test_list_ops_reads_the_flatbuffer(tmp_path_factory):
     assert ops["CONV_2D"] > 0 and ops["FULLY_CONNECTED"] == 1
 
 
+@pytest.mark.xdist_group("bisenet_xception39")  # shares that worker's fp32 export
+def test_class_map_reduces_channel_last_logits(tmp_path_factory):
+    """ARG_MAX reads NHWC logits (exporters/tflite/layout.py): on NCHW it reduces a strided axis
+    outside XNNPACK; and the layout-pass patch is gone after the conversion."""
+    import torch
+    from ai_edge_litert.interpreter import Interpreter
+    from litert_torch._convert.fx_passes.optimize_layout_transposes_pass import layout_check
+
+    folder = exported_folder("bisenet_xception39", "fp32", tmp_path_factory)
+    interpreter = Interpreter(model_path=str(folder / "model.tflite"))
+    shapes = {t["index"]: list(t["shape"]) for t in interpreter.get_tensor_details()}
+    (argmax,) = [op for op in interpreter._get_ops_details() if op["op_name"] == "ARG_MAX"]
+    h, w = small_size(get_spec("bisenet_xception39"))
+    assert shapes[argmax["inputs"][0]] == [1, h, w, get_spec("bisenet_xception39").num_classes]
+    assert torch.ops.aten.max.dim not in layout_check.nhwcable_node_checkers
+
+
 def test_dynamic_shapes_are_refused(tmp_path):
     with pytest.raises(UsageError, match="fixed input shape"):
         export("shufflenetv2_x0.5", "tflite", input_size=(64, 64), dynamic_batch=True, out=tmp_path)

@@ -11,7 +11,8 @@ litert-torch converts the traced eager model exactly (docs/design.md#backends). 
    ``litert_torch.to_channel_last_io`` (input and every 4-D output become NHWC);
 3. ``litert_torch.convert`` with every custom op replaced by its plain-tensor body from
    ``lightdeploy.ops.decomposition_table()`` (registered as pre-convert decompositions: the
-   converter cannot lower a ``torch.library.custom_op``);
+   converter cannot lower a ``torch.library.custom_op``), and ``argmax`` kept channel-last
+   (``layout.py``: a segmenter's class map reduces NHWC logits);
 4. fp16 / int8: ai-edge-quantizer applied to the float flatbuffer (``quantize.py``);
 5. the flatbuffer's operator list goes into the manifest; a Flex or custom op refuses the export
    (nothing is written), since a stock LiteRT interpreter on a device cannot run it.
@@ -60,15 +61,17 @@ def _decompositions():
     """Register lightdeploy's op decompositions with litert-torch for one conversion, then restore."""
     from litert_torch.fx_infra import decomp
 
+    from lightdeploy.exporters.tflite import layout
     from lightdeploy.ops import decomposition_table
 
-    table = decomposition_table()
+    table = {**decomposition_table(), **layout.decompositions()}
     current = decomp.pre_convert_decomp()
     before = {op: current.get(op) for op in table}
     for op, fn in table.items():
         decomp.add_pre_convert_decomp(op, fn)
     try:
-        yield [str(op) for op in table]
+        with layout.channel_max_is_channel_last():
+            yield [str(op) for op in table]
     finally:
         for op, fn in before.items():
             if fn is None:

@@ -119,6 +119,7 @@ def litert_command(tool: list[str], model: Path, threads: int, runs: int, warmup
 
 
 def run_tool(cmd: list[str], name: str, parse) -> dict[str, float]:
+    # the tools run from the temp folder (their report files land there), so artifact paths are absolute
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tempfile.gettempdir())
     if proc.returncode != 0:
         tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-8:])
@@ -284,7 +285,9 @@ def load_average() -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("folders", nargs="+", type=Path, help="artifact folders (OpenVINO or TFLite)")
+    ap.add_argument(
+        "folders", nargs="+", type=lambda p: Path(p).resolve(), help="artifact folders (OpenVINO or TFLite)"
+    )
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--runs", type=int, default=50)
     ap.add_argument("--warmup", type=int, default=10)

@@ -330,7 +330,8 @@ def write_markdown(cells: list[MatrixCell], path: Path, meta: dict) -> None:
         f"{meta['runs']} timed runs per cell after warm-up, by `{meta['command']}`.",
         "MB: the file the runtime loads, with its sidecars. Latency is batch 1; b8 img/s is throughput at batch 8 where the artifact takes a dynamic batch "
         "(TFLite artifacts have a fixed batch). x eager / x ORT: latency over eager PyTorch's and over "
-        "ONNX Runtime fp32's for the same model, timed in the same run. gate: the parity gate's verdict "
+        "ONNX Runtime fp32's for the same model (eager timed in the cell's run; a cell added by --resume is "
+        "compared with an ONNX Runtime cell timed in an earlier run: compare their load). gate: the parity gate's verdict "
         "against the tolerance table (docs/design.md#tolerance-table); a FAIL artifact is still timed. "
         "load: the 1-minute load average when the cell was timed; above the core count the machine was shared and "
         "the latencies of that row are inflated.",
@@ -374,17 +375,16 @@ def write_plot(cells: list[MatrixCell], path: Path) -> None:
             linewidths=2 if c.status != "pass" else 0.5,
             s=60,
         )
+        on_floor = y == floor  # the fp32 cells crowd the floor line: their labels rise at an angle
+        label, offset = f"{c.model} {c.target}/{c.precision}", (2, 5) if on_floor else (4, 2)
         ax.annotate(
-            f"{c.model} {c.target}/{c.precision}",
-            (c.median_ms, y),
-            fontsize=6,
-            xytext=(4, 2),
-            textcoords="offset points",
+            label, (c.median_ms, y), xytext=offset, textcoords="offset points", fontsize=6, rotation=70 * on_floor
         )
     ax.set_xscale("log")
     ax.set_yscale("log")
+    ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
     ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
-    ax.xaxis.set_minor_formatter(matplotlib.ticker.ScalarFormatter())
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.margins(x=0.2)  # room for the labels of the rightmost points
     ax.set_xlabel("batch-1 latency, median (ms)")
     ax.set_ylabel(f"parity error: 1 - worst output cosine (floor {floor:g})")

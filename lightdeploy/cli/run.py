@@ -154,6 +154,7 @@ def bench(
 
 
 def _matrix(models, runs, warmup, threads, json_out, plot, markdown, resume, out, cells, progress) -> None:
+    import json
     import shlex
     import sys
 
@@ -165,9 +166,15 @@ def _matrix(models, runs, warmup, threads, json_out, plot, markdown, resume, out
         raise UsageError("--resume reads the cells of an earlier run from --json FILE: give an existing file.")
     done = matrix.read_json(json_out) if resume else None
     targets = matrix.parse_cells(cells) if cells else matrix.TARGETS
-    meta = matrix.run_meta(threads, runs, "lightdeploy " + shlex.join(sys.argv[1:]))
+    command = "lightdeploy " + shlex.join(sys.argv[1:])
+    meta = matrix.run_meta(threads, runs, command)
+    earlier = json.loads(json_out.read_text()).get("meta", {}).get("command") if resume else None
+    if earlier:  # until a cell runs, the table is the earlier runs' (a resume with nothing missing re-renders it)
+        meta["command"] = earlier
 
     def checkpoint(cells_so_far) -> None:  # each finished model is on disk: an interrupted run resumes
+        if earlier:  # the table holds every run's cells: it names every run's command
+            meta["command"] = f"{earlier}`, then `{command}"
         if json_out:
             matrix.write_json(cells_so_far, json_out, meta)
 

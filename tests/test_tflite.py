@@ -143,12 +143,13 @@ def test_detector_float_scopes_match_the_quantizers_op_scopes():
 def test_int8_signature_follows_the_dequantized_output(tmp_path_factory):
     """A segmenter's ``logits`` feed both the graph output and the mask ARG_MAX; ai-edge-quantizer
     dequantises them for both but leaves the signature on the int8 tensor, which the signature runner
-    then cannot read ("Tensor data is null").  The exporter re-points it: the bare runner returns float
-    logits whose argmax is the mask."""
+    then cannot read ("Tensor data is null").  The exporter re-points it where that happens (which
+    depends on the graph: the channel-last class map or a float scope can put a TRANSPOSE or a float op
+    between them): the bare runner returns float logits whose argmax is the mask."""
     # Its parity is judged by the parity test; here the signature is the subject.
     folder = exported_folder("bisenet_xception39", "int8", tmp_path_factory)
     manifest = json.loads((folder / "manifest.json").read_text())
-    assert manifest["backend_info"]["quantization"]["signature_outputs_retargeted"] == ["logits"]
+    assert set(manifest["backend_info"]["quantization"]["signature_outputs_retargeted"]) <= {"logits"}
 
     from ai_edge_litert.interpreter import Interpreter
 

@@ -122,7 +122,10 @@ def test_trained_mobilenetv2_int8_gate_judges_enough_inputs(imagenet):
 
 # Measured 2026-12-01 with the 200 held-out images as --images (docs/measurements.md#int8-trained).
 SYNTHETIC_XFAIL = {
-    ("bisenet_xception39:synthetic", "openvino", "int8"): "worst logits cosine 0.954 (mask pixels 97.4% pass)",
+    ("bisenet_xception39:synthetic", "openvino", "int8"): (
+        "worst logits cosine 0.936 under accuracy control (NNCF's own ranges, two convs restored to float; "
+        "validation 0.922 -> under 0.99), mask pixels 98.6% pass; measured 2026-12-06"
+    ),
 }
 
 

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from lightdeploy.numerics import cosine
+
 VALIDATION_RANDOM = 4  # as many as the gate's
 RANDOM_SEED = 4321  # not the gate's random tensors' (1234)
 # The int8 row's cosine (0.98, parity/tolerances.py) plus a margin for the gate's inputs not being the
@@ -45,20 +47,11 @@ class Validation:
         out = []
         for i in range(len(self.inputs)) if indices is None else indices:
             got = run(self.inputs[i])
-            out.append(min(_cosine(a, b) for a, b in zip(got, self.reference[i])))
+            out.append(min(cosine(a, b) for a, b in zip(got, self.reference[i])))
         return out
 
     def worst(self, run: Run) -> float:
         return min(self.scores(run))
-
-
-def _cosine(a: np.ndarray, b: np.ndarray) -> float:
-    a = np.asarray(a, dtype=np.float64).ravel()
-    b = np.asarray(b, dtype=np.float64).ravel()
-    na, nb = np.linalg.norm(a), np.linalg.norm(b)
-    if na == 0 or nb == 0:
-        return float(na == nb)
-    return float(a @ b / (na * nb))
 
 
 def controlled(job) -> bool:
@@ -126,13 +119,7 @@ def restore_float(
             best, best_score = chosen, score
         if score >= target:
             break
-    return {
-        "float_modules": list(best),
-        "worst_cosine": round(best_score, 4),
-        "reached": best_score >= target,
-        "sensitivity": {n: round(single[n], 4) for n in ranked[:8]},
-        "steps": steps,
-    }
+    return _restored(best, best_score, target, single, steps)
 
 
 def _reranked(measure, candidates, start: float, single: dict, target: float, budget: int) -> dict:
@@ -145,6 +132,11 @@ def _reranked(measure, candidates, start: float, single: dict, target: float, bu
             break
         chosen, score = (*chosen, best), options[best]
         steps.append({"float": list(chosen), "worst_cosine": round(score, 4)})
+    return {**_restored(chosen, score, target, single, steps), "reranked": True}
+
+
+def _restored(chosen, score: float, target: float, single: dict, steps: list) -> dict:
+    """The decision for the manifest: the float modules kept, their score, and what was measured."""
     ranked = sorted(single, key=single.get, reverse=True)
     return {
         "float_modules": list(chosen),
@@ -152,7 +144,6 @@ def _reranked(measure, candidates, start: float, single: dict, target: float, bu
         "reached": score >= target,
         "sensitivity": {n: round(single[n], 4) for n in ranked[:8]},
         "steps": steps,
-        "reranked": True,
     }
 
 

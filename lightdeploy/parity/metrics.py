@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from lightdeploy.numerics import cosine
 from lightdeploy.parity.tolerances import Tolerance
 
 # fp16/int8 top-1 is judged only where eager's top-1 leads top-2 by this many standard deviations of
@@ -45,17 +46,6 @@ def tensor_stats(ref: list[np.ndarray], out: list[np.ndarray]) -> dict:
         "cosine": min(cosines) if cosines else 1.0,
         "ref_max_abs": ref_max,
     }
-
-
-def cosine(a: np.ndarray, b: np.ndarray) -> float:
-    a = a.astype(np.float64).ravel()
-    b = b.astype(np.float64).ravel()
-    na, nb = np.linalg.norm(a), np.linalg.norm(b)
-    if na == 0 and nb == 0:
-        return 1.0
-    if na == 0 or nb == 0:
-        return 0.0
-    return float(a @ b / (na * nb))
 
 
 # An fp32 artifact's max-abs limit never falls below this many times eager float32's own distance

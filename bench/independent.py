@@ -224,7 +224,7 @@ def tool_loop_call(folder: Path, manifest: dict, runtime, x, threads: int):
     if manifest["backend"] == "openvino":
         import openvino as ov
 
-        request = runtime._compiled.create_infer_request()
+        request = runtime.compiled_model.create_infer_request()
         request.set_input_tensor(ov.Tensor(x))
         return request.infer
     from ai_edge_litert.compiled_model import CompiledModel

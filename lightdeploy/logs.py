@@ -11,6 +11,8 @@ import contextlib
 import io
 import logging
 import os
+import sys
+import tempfile
 import warnings
 
 VERBOSE_ENV = "LIGHTDEPLOY_VERBOSE"
@@ -42,3 +44,29 @@ def quiet(*loggers: str, stderr: bool = False):
     finally:
         for t, level in zip(targets, levels):
             t.setLevel(level)
+
+
+@contextlib.contextmanager
+def quiet_native_stderr():
+    """Hide what native code writes to file descriptor 2 during the block: litert-torch's import prints
+    absl's C++ INFO lines, which ``TF_CPP_MIN_LOG_LEVEL`` does not reach.  Process-wide, so only for
+    short single-threaded steps such as an import; replayed if the block raises."""
+    if verbose():
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        failed = False
+        try:
+            yield
+        except BaseException:
+            failed = True
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            if failed:
+                sink.seek(0)
+                sys.stderr.write(sink.read().decode(errors="replace"))

@@ -153,6 +153,13 @@ class OpenVinoBackend(RuntimeBase):
     def threads(self) -> int:
         return int(self._compiled.get_property("INFERENCE_NUM_THREADS"))
 
+    @property
+    def compiled_model(self):
+        """The ``openvino.CompiledModel`` behind this runtime, for tools that drive OpenVINO directly
+        (benchmark loops, per-layer profiling).  Its infer requests are outside this runtime's pool:
+        a caller sharing one across threads serialises the calls itself."""
+        return self._compiled
+
     def property(self, name: str):
         """Any property of the compiled model (``PERFORMANCE_HINT``, ``NUM_STREAMS``, ...)."""
         return self._compiled.get_property(name)

@@ -6,6 +6,9 @@ import itertools
 import json
 import os
 import shutil
+import subprocess
+import sys
+import textwrap
 from types import SimpleNamespace
 
 from conftest import run_cli
@@ -200,6 +203,33 @@ def test_verbose_reaches_the_converters_switch(monkeypatch):
     r = CliRunner().invoke(app, ["--verbose", "info", "snet49"])
     assert r.exit_code == 0, r.output
     assert verbose()
+
+
+def test_native_stderr_is_quiet_unless_the_block_fails_or_verbose():
+    """What native code writes to fd 2 (litert-torch's absl INFO lines at import) is hidden; if the block
+    raises it is replayed, and ``LIGHTDEPLOY_VERBOSE`` shows it as it comes."""
+    script = textwrap.dedent(
+        """
+        import os
+        from lightdeploy.logs import quiet_native_stderr
+        with quiet_native_stderr():
+            os.write(2, b"native-hidden\\n")
+        try:
+            with quiet_native_stderr():
+                os.write(2, b"native-replayed\\n")
+                raise RuntimeError("boom")
+        except RuntimeError:
+            pass
+        os.write(2, b"after\\n")
+        """
+    )
+    env = {k: v for k, v in os.environ.items() if k != "LIGHTDEPLOY_VERBOSE"}
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, check=True)
+    assert r.stderr.split() == ["native-replayed", "after"]
+    r = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env={**env, "LIGHTDEPLOY_VERBOSE": "1"}
+    )
+    assert r.stderr.split() == ["native-hidden", "native-replayed", "after"]
 
 
 def test_progress_lines_time_the_previous_stage(capsys, monkeypatch):

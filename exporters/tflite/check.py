@@ -19,7 +19,12 @@ from lightdeploy.exporters.checking import CheckReport, Finding
 
 def check_job(job: ExportJob) -> CheckReport:
     """Check the module of an export job against litert-torch's lowerings."""
-    litert_torch = require("litert_torch", package="litert-torch", extra="tflite", purpose="The TFLite operator check")
+    from lightdeploy.logs import quiet_native_stderr
+
+    with quiet_native_stderr():
+        litert_torch = require(
+            "litert_torch", package="litert-torch", extra="tflite", purpose="The TFLite operator check"
+        )
     from litert_torch.backend import lowerings
     from litert_torch.fx_infra import decomp, safe_run_decompositions
 

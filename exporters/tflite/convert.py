@@ -28,7 +28,7 @@ from lightdeploy.errors import UsageError, require
 from lightdeploy.exporters.base import ExportJob, ExportResult
 from lightdeploy.exporters.onnx.export import write_onnx
 from lightdeploy.exporters.tflite.flatbuffer import SIGNATURE, check_builtin_only, list_ops, signature_io
-from lightdeploy.logs import quiet
+from lightdeploy.logs import quiet, quiet_native_stderr
 
 TFLITE_FILE = "model.tflite"
 
@@ -159,7 +159,8 @@ class TFLiteExporter:
 
     def _validate(self, job: ExportJob) -> None:
         for module, package in (("litert_torch", "litert-torch"), ("ai_edge_litert", "ai-edge-litert")):
-            require(module, package=package, extra="tflite", purpose="TFLite export")
+            with quiet_native_stderr():
+                require(module, package=package, extra="tflite", purpose="TFLite export")
         if job.options.precision in ("fp16", "int8"):
             require(
                 "ai_edge_quantizer",

@@ -14,8 +14,17 @@ import os
 import sys
 import tempfile
 import warnings
+from collections.abc import Callable
 
 VERBOSE_ENV = "LIGHTDEPLOY_VERBOSE"
+
+Count = Callable[[int, int, str], None]  # (done, total, what is counted): a long loop's progress
+
+
+def count_of(progress) -> Count | None:
+    """The count channel of a ``progress`` callback (the CLI's ``Progress.count``), where it has one: a
+    plain ``progress(msg)`` callable takes stage messages only."""
+    return getattr(progress, "count", None)
 
 
 def verbose() -> bool:

@@ -8,8 +8,7 @@ batch-1 latency (median, p90) at the stated thread count, throughput at batch 8 
 takes a batch of 8, and the ratios to eager PyTorch and to ONNX Runtime fp32 of the same model, both
 timed in the same run (a shared machine is noisy across runs).  A failed export or gate is a cell with
 its reason, never a crash: the matrix is a survey.  ``--resume`` keeps the cells of an earlier JSON and
-runs only the models not in it (a model is always re-run whole, so its ratios come from one run), so
-the table can be extended model by model.
+runs the missing ones, so the table grows cell by cell across runs.
 """
 
 from __future__ import annotations
@@ -129,7 +128,8 @@ def run_matrix(
 
     Cells in ``done`` are kept as they are (a resumed run, or one that adds cells with ``targets``), also
     those of models not asked for.  ``input_size``: one size for all (default: each model's own).
-    ``checkpoint`` gets every cell so far after each model (a long run interrupted keeps what it did).
+    ``checkpoint`` gets every cell so far after each cell and after each model's ratios (a long run
+    interrupted keeps what it did; a resumed run fills the ratios its cells lack).
     The table is ordered by ``models`` (then the kept models), each model's cells as in ``TARGETS``."""
     import torch
 
@@ -140,18 +140,23 @@ def run_matrix(
     cells = {c.cell_id: c for c in (done or [])}
     todo = [(m, t, p) for m in models for t, p in targets if (m, t, p) not in cells]
     torch.set_num_threads(threads)
-    for model in dict.fromkeys(m for m, _, _ in todo):
-        fresh = []
+    for model in dict.fromkeys([*(m for m, _, _ in todo), *(c.model for c in _unrated(cells.values(), models))]):
         for step, (m, target, precision) in enumerate(todo, 1):
             if m == model:
                 progress(f"[{step}/{len(todo)}] {model} -> {target}/{precision}")
-                fresh.append(_cell(model, target, precision, out, input_size, threads, runs, warmup))
-        cells.update((c.cell_id, c) for c in fresh)
-        _fill_ratios(
-            fresh, [c for c in cells.values() if c.model == model], input_size, threads, runs, warmup, progress
-        )
-        checkpoint(_table_order(cells.values(), models))
+                cell = _cell(model, target, precision, out, input_size, threads, runs, warmup)
+                cells[cell.cell_id] = cell
+                checkpoint(_table_order(cells.values(), models))
+        mine = [c for c in cells.values() if c.model == model]
+        if _fill_ratios(mine, input_size, threads, runs, warmup, progress):
+            checkpoint(_table_order(cells.values(), models))
     return _table_order(cells.values(), models)
+
+
+def _unrated(cells, models: list[str]) -> list[MatrixCell]:
+    """Timed cells of the asked-for models without their ratio to eager (a run interrupted between a cell
+    and its model's eager timing)."""
+    return [c for c in cells if c.model in models and c.median_ms is not None and c.x_eager is None]
 
 
 def _table_order(cells, models: list[str]) -> list[MatrixCell]:
@@ -216,18 +221,19 @@ def _time_artifact(cell: MatrixCell, folder: Path, manifest: dict, threads: int,
         cell.batch8_ips = THROUGHPUT_BATCH * 1e3 / median
 
 
-def _fill_ratios(fresh: list[MatrixCell], mine: list[MatrixCell], input_size, threads, runs, warmup, progress) -> None:
-    """Ratios of a model's fresh cells to its eager latency (timed now) and to its ONNX Runtime fp32 cell
-    (among all of the model's cells ``mine``, fresh or kept)."""
+def _fill_ratios(mine: list[MatrixCell], input_size, threads, runs, warmup, progress) -> bool:
+    """Ratios to the model's eager latency (timed now) and to its ONNX Runtime fp32 cell, for the timed
+    cells of ``mine`` (one model's cells, fresh or kept) that lack them; kept cells keep their own.
+    Whether any cell was filled."""
     import torch
 
     from lightdeploy.bench import time_fn
     from lightdeploy.factory import create_model
     from lightdeploy.models.registry import get_spec
 
-    timed = [c for c in fresh if c.median_ms is not None]
+    timed = _unrated(mine, [c.model for c in mine])
     if not timed:
-        return
+        return False
     model = timed[0].model
     progress(f"timing eager {model}")
     size = input_size or get_spec(model).input_size
@@ -239,6 +245,7 @@ def _fill_ratios(fresh: list[MatrixCell], mine: list[MatrixCell], input_size, th
     for c in timed:
         c.x_eager = c.median_ms / eager_ms
         c.x_ort = c.median_ms / ort if ort else None
+    return True
 
 
 # ------------------------------------------------------------------------------------------- outputs
@@ -247,7 +254,10 @@ def _fmt(value: float | None, spec: str) -> str:
 
 
 def write_json(cells: list[MatrixCell], path: Path, meta: dict) -> None:
-    path.write_text(json.dumps({"meta": meta, "cells": [asdict(c) for c in cells]}, indent=2))
+    """Written beside and renamed into place: a run interrupted mid-write keeps the previous checkpoint."""
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps({"meta": meta, "cells": [asdict(c) for c in cells]}, indent=2))
+    os.replace(partial, path)
 
 
 def read_json(path: Path) -> list[MatrixCell]:
@@ -269,20 +279,10 @@ def run_meta(threads: int, runs: int, command: str) -> dict:
     }
 
 
-COLUMNS = (
-    "model",
-    "target",
-    "gate",
-    "key figure",
-    "export s",
-    "MB",
-    "ms med",
-    "ms p90",
-    "b8 img/s",
-    "x eager",
-    "x ORT",
-    "load",
-)
+# fmt: off
+COLUMNS = ("model", "target", "gate", "key figure", "export s", "MB", "ms med", "ms p90", "b8 img/s", "x eager",
+           "x ORT", "load")
+# fmt: on
 
 
 def cell_values(c: MatrixCell) -> list[str]:

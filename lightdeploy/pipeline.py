@@ -19,6 +19,7 @@ from lightdeploy.errors import ParityError, UsageError
 from lightdeploy.exporters import exporter_for_backend, get_exporter, resolve_target
 from lightdeploy.exporters.base import PRECISIONS, ExportOptions, ExportResult
 from lightdeploy.jobs import make_job, manifest_for, registry_source
+from lightdeploy.logs import count_of
 from lightdeploy.usermodel import UserModel
 
 DEFAULT_OUT = Path("artifacts")
@@ -288,14 +289,15 @@ def gate(
     """The parity report of a freshly exported artifact; reduced precision also gates its float graph."""
     from lightdeploy.parity import run_parity
 
-    report = run_parity(folder, model=model, images=images, estimator=exporter.estimator)
+    count = count_of(progress)
+    report = run_parity(folder, model=model, images=images, estimator=exporter.estimator, count=count)
     if result.float_twin is not None:
         progress("gating the float graph before reduced precision (fp32 row)")
-        report.add_float_graph(_gate_float_twin(result, manifest, model, images, exporter.estimator))
+        report.add_float_graph(_gate_float_twin(result, manifest, model, images, exporter.estimator, count))
     return report
 
 
-def _gate_float_twin(result: ExportResult, manifest: dict, model, images, estimator):
+def _gate_float_twin(result: ExportResult, manifest: dict, model, images, estimator, count=None):
     """Write the exporter's float twin (``ExportResult.float_twin``) into a scratch folder outside the
     artifact, give it an fp32 manifest, and run the gate on it."""
     from lightdeploy.artifact import write_manifest
@@ -306,10 +308,18 @@ def _gate_float_twin(result: ExportResult, manifest: dict, model, images, estima
         backend_file = result.float_twin(folder)
         keep = {k: v for k, v in manifest.items() if k not in ("files", "parity")}
         write_manifest(folder, {**keep, "precision": "fp32", "backend_file": backend_file})
-        return run_parity(folder, model=model, images=images, estimator=estimator)
+        return run_parity(folder, model=model, images=images, estimator=estimator, count=count)
 
 
-def parity(folder: str | Path, *, images=None, threads: int | None = None, model=None, weights=None):
+def parity(
+    folder: str | Path,
+    *,
+    images=None,
+    threads: int | None = None,
+    model=None,
+    weights=None,
+    progress: Callable[[str], None] = lambda msg: None,
+):
     """Re-run the gate on an exported artifact: eager is rebuilt from its manifest unless given, and a
     backend that cannot run here is judged by its exporter's estimator.
 
@@ -325,7 +335,9 @@ def parity(folder: str | Path, *, images=None, threads: int | None = None, model
     exporter = exporter_for_backend(manifest["backend"])
     if model is None:
         model = _eager_from(folder, manifest, weights)
-    return run_parity(folder, model=model, images=images, threads=threads, estimator=exporter.estimator)
+    return run_parity(
+        folder, model=model, images=images, threads=threads, estimator=exporter.estimator, count=count_of(progress)
+    )
 
 
 def localize(folder: str | Path, *, images=None, threads: int | None = None, model=None, weights=None):

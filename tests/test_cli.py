@@ -254,6 +254,24 @@ def test_progress_lines_time_the_previous_stage(capsys, monkeypatch):
     assert capsys.readouterr().err == ""
 
 
+def test_progress_counts_redraw_on_a_terminal_and_close_the_stage_in_a_log(capsys, monkeypatch):
+    from lightdeploy.cli import common
+
+    clock = itertools.count(step=1.0)
+    monkeypatch.setattr(common, "time", SimpleNamespace(perf_counter=lambda: float(next(clock))))
+    for terminal in (False, True):
+        monkeypatch.setattr(type(common.err), "is_terminal", property(lambda self, t=terminal: t))
+        progress = common.Progress()
+        progress("running the parity gate")
+        for i in range(1, 4):
+            progress.count(i, 3, "runs")
+        progress.done()
+        out = capsys.readouterr().err
+        assert out.splitlines()[-1].endswith("[running the parity gate took 4.0 s, 3 runs]")
+        # in a log, no count line; on a terminal each count is drawn over the last, then erased
+        assert out.count("3/3 runs") == terminal and out.count("\r") == 4 * terminal
+
+
 def test_bench_table_fits_80_columns():
     from rich.console import Console
 

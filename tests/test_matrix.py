@@ -105,7 +105,9 @@ def test_resume_keeps_finished_cells_and_runs_the_missing_ones(tmp_path: Path, m
         ("snet49", "onnx"),  # a model not asked for stays in the table
     ]
     assert cells[0] is done[0] and cells[-1] is done[1] and cells[1].status == "error"
-    assert [len(s) for s in saved] == [3, 5]  # on disk after each model
+    # on disk after each cell, and after the ratios the kept cell of MODEL lacked (its eager timing)
+    assert [len(s) for s in saved] == [3, 3, 4, 5]
+    assert cells[0].x_eager is not None and cells[0].x_ort == 1.0 and cells[-1].x_eager is None
 
 
 def test_unknown_model_and_cell_are_usage_errors(tmp_path: Path):

@@ -102,6 +102,10 @@ def test_gate_catches_a_wrong_artifact(classifier_artifact, tmp_path):
     onnx.save(model, str(copy / "model.onnx"))
     manifest = json.loads((copy / "manifest.json").read_text())
     write_manifest(copy, {k: v for k, v in manifest.items() if k != "files"})
-    report = run_parity(copy)
+    counts = []
+    report = run_parity(copy, count=lambda *c: counts.append(c))
     assert not report.passed
     assert any(c.metric == "max_abs" for c in report.failures())
+    # one count per run: eager float64, eager float32 and the artifact on each input batch
+    runs = counts[-1][1]
+    assert runs % 3 == 0 and runs >= len(report.inputs) and counts == [(i, runs, "runs") for i in range(1, runs + 1)]

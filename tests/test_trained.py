@@ -94,13 +94,9 @@ def test_trained_mobilenetv2_int8_passes_its_row(imagenet, target, tmp_path):
         assert control["shipped_settings"] < control["target"]  # the shipped settings alone miss
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="80 of the 132 photograph inputs have a clear eager margin (52 near-ties); measured 2026-12-05",
-)
-def test_trained_mobilenetv2_int8_gate_judges_enough_inputs(imagenet):
-    """The int8 top-1 row is judged on clear-margin inputs only; a hundred make one miss weigh less than
-    the row's margin (docs/design.md#parity).  Eager alone decides which inputs are judged."""
+def test_trained_mobilenetv2_reduced_precision_gate_judges_enough_inputs(imagenet):
+    """The fp16 / int8 top-1 rows are judged on clear-margin inputs only; a hundred make one miss weigh
+    less than the fp16 row's 1% margin (docs/design.md#parity).  Eager alone decides which are judged."""
     import torch
 
     import lightdeploy
@@ -117,7 +113,7 @@ def test_trained_mobilenetv2_int8_gate_judges_enough_inputs(imagenet):
         logits = torch.cat([model(torch.from_numpy(x)) for x in photos]).numpy()
     top = np.sort(logits, axis=1)
     judged = int(((top[:, -1] - top[:, -2]) >= CLEAR_MARGIN_STD * logits.std(axis=1)).sum())
-    assert judged >= 90, f"{judged} of {len(photos)} inputs judged"
+    assert judged > 100, f"{judged} of {len(photos)} inputs judged"
 
 
 # Measured 2026-12-01 with the 200 held-out images as --images (docs/measurements.md#int8-trained).

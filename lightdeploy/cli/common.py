@@ -50,16 +50,31 @@ class Progress:
     """Progress lines on stderr, each stage with the time the previous one took:
     ``… running the parity gate   [exporting to onnx (fp32) took 4.1 s]``.  Silent with --quiet.
 
-    Called with a message, as the pipeline's ``progress`` callback; ``done()`` closes the last stage."""
+    Called with a message, as the pipeline's ``progress`` callback; ``done()`` closes the last stage.
+    ``count(done, total, what)`` (``logs.count_of``) shows a long stage's loop: redrawn in place on a
+    terminal; in a log, only the last count, on the stage's closing line (``took 9.2 s, 606 runs``)."""
+
+    REDRAW_S = 0.2
 
     def __init__(self, quiet: bool = False):
         self.quiet = quiet
         self.stage: str | None = None
         self.started = 0.0
+        self.counted: tuple[int, int, str] | None = None
+        self.drawn = 0.0  # when the count line was last drawn; 0: none on screen
 
     def __call__(self, msg: str) -> None:
         self._print(msg)
-        self.stage, self.started = msg, time.perf_counter()
+        self.stage, self.started, self.counted = msg, time.perf_counter(), None
+
+    def count(self, done: int, total: int, what: str) -> None:
+        self.counted = (done, total, what)
+        now = time.perf_counter()
+        if self.quiet or not err.is_terminal or (done < total and now - self.drawn < self.REDRAW_S):
+            return
+        err.file.write(f"\r\x1b[2m… {self.stage}  {done}/{total} {what}\x1b[0m\x1b[K")
+        err.file.flush()
+        self.drawn = now
 
     def done(self) -> None:
         if self.stage is not None:
@@ -69,9 +84,13 @@ class Progress:
     def _print(self, msg: str) -> None:
         if self.quiet:
             return
+        if self.drawn:  # the count line is replaced by the next line
+            err.file.write("\r\x1b[K")
+            self.drawn = 0.0
         line = f"… {msg}"
         if self.stage is not None:
-            line += f"   [{self.stage} took {time.perf_counter() - self.started:.1f} s]"
+            counted = f", {self.counted[0]} {self.counted[2]}" if self.counted else ""
+            line += f"   [{self.stage} took {time.perf_counter() - self.started:.1f} s{counted}]"
         err.print(Text(line, style="dim"))  # Text: a message's brackets are not read as markup
 
 

@@ -194,7 +194,7 @@ def parity(
     for folder in artifacts:
         progress(f"parity of {folder}")
         model = eager_model(folder, weights) if localize else None  # built once for both
-        report = run_gate(folder, images=imgs, threads=threads, weights=weights, model=model)
+        report = run_gate(folder, images=imgs, threads=threads, weights=weights, model=model, progress=progress)
         reports.append(report)
         found = None
         if localize:

@@ -7,11 +7,14 @@ be recomputed from saved outputs and each half tested on its own.
 from __future__ import annotations
 
 import copy
+import itertools
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from lightdeploy.logs import Count
 from lightdeploy.parity.estimate import Estimator
 from lightdeploy.parity.inputs import BOTH, TASK, TENSOR, parity_inputs, to_batches
 from lightdeploy.parity.metrics import (
@@ -40,10 +43,13 @@ def run_parity(
     tolerance: Tolerance | None = None,
     threads: int | None = None,
     estimator: Estimator | None = None,
+    count: Count | None = None,
 ) -> ParityReport:
     """Check the artifact in ``folder`` against eager PyTorch (rebuilt from the manifest if not given).
 
     ``estimator``: the artifact's backend hook (``estimate.py``) for artifacts that cannot run here.
+    ``count(done, total, what)``: called after each of the runs (eager float64, eager float32 and the
+    artifact on every input batch), for a progress display.
     """
     from lightdeploy.runtimes import open_runtime
     from lightdeploy.runtimes.manifest import read_manifest
@@ -62,9 +68,11 @@ def run_parity(
     batches = to_batches(inputs, manifest["inputs"][0]["shape"][0])
     names = [o["name"] for o in manifest["outputs"]]
     layout = manifest["preprocessing"].get("layout", "NCHW")
-    eager = run_eager(model, batches, names, layout)
-    eager32 = run_eager(model, batches, names, layout, dtype=torch.float32)
-    artifact = run_artifact(runtime, batches, manifest)
+    runs = itertools.count(1)
+    tick = (lambda: count(next(runs), 3 * len(batches), "runs")) if count else (lambda: None)
+    eager = run_eager(model, batches, names, layout, tick=tick)
+    eager32 = run_eager(model, batches, names, layout, dtype=torch.float32, tick=tick)
+    artifact = run_artifact(runtime, batches, manifest, tick=tick)
     tol = tolerance or tolerance_for(manifest["backend"], manifest["precision"])
     report = compare(
         eager,
@@ -84,7 +92,12 @@ def run_parity(
 
 @torch.no_grad()
 def run_eager(
-    model: torch.nn.Module, batches, output_names: list[str], layout: str = "NCHW", dtype: torch.dtype = REFERENCE_DTYPE
+    model: torch.nn.Module,
+    batches,
+    output_names: list[str],
+    layout: str = "NCHW",
+    dtype: torch.dtype = REFERENCE_DTYPE,
+    tick: Callable[[], None] = lambda: None,
 ) -> Outputs:
     out: Outputs = {n: [] for n in output_names}
     model = copy.deepcopy(model).to(dtype).eval()
@@ -96,10 +109,11 @@ def run_eager(
         result = result if isinstance(result, (tuple, list)) else (result,)
         for name, value in zip(output_names, result):
             out[name].append(value.detach().cpu().numpy())
+        tick()
     return out
 
 
-def run_artifact(runtime, batches, manifest: dict) -> Outputs:
+def run_artifact(runtime, batches, manifest: dict, tick: Callable[[], None] = lambda: None) -> Outputs:
     input_name = manifest["inputs"][0]["name"]
     layouts = {o["name"]: o.get("layout") for o in manifest["outputs"]}
     out: Outputs = {o["name"]: [] for o in manifest["outputs"]}
@@ -110,6 +124,7 @@ def run_artifact(runtime, batches, manifest: dict) -> Outputs:
             if layouts[name] == "NHWC":  # compare in eager's NCHW
                 value = value.transpose(0, 3, 1, 2)
             out[name].append(value)
+        tick()
     return out
 
 

@@ -13,6 +13,8 @@ from typing import Protocol
 
 import torch
 
+from lightdeploy.logs import Count
+
 PRECISIONS = ("fp32", "fp16", "int8")
 INPUT_NAME = "image"
 
@@ -46,6 +48,7 @@ class ExportJob:
     options: ExportOptions
     output_names: tuple[str, ...]
     input_name: str = INPUT_NAME
+    count: Count | None = None  # progress of long loops (calibration), shown by the CLI
 
     def example_input(self) -> torch.Tensor:
         h, w = self.options.input_size

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from lightdeploy.logs import Count
+
 # The bundled photographs plus crops and flips, to about this many samples: a few hundred cover the
 # activation ranges of trained networks (docs/measurements.md#calibration-size).
 DEFAULT_SAMPLES = 200
@@ -27,6 +29,28 @@ class CalibrationSet:
 
     def __len__(self) -> int:
         return len(self.batches)
+
+    def counted(self, count: Count | None) -> CountedBatches:
+        """The batches, re-iterable, reporting ``count(samples handed out, total, "calibration samples")``
+        at each batch of each pass (the quantisers iterate the set once per range setting)."""
+        return CountedBatches(self.batches, count)
+
+
+class CountedBatches:
+    def __init__(self, batches: list[np.ndarray], count: Count | None):
+        self.batches, self.count = batches, count
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self):
+        total = sum(len(b) for b in self.batches)
+        done = 0
+        for b in self.batches:
+            done += len(b)
+            if self.count:  # when handed out: a quantiser stops asking after its subset, not after a next()
+                self.count(done, total, "calibration samples")
+            yield b
 
 
 def calibration_set(preprocessing: dict, batch: int = 1, calib_dir: str | None = None) -> CalibrationSet:

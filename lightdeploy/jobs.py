@@ -14,6 +14,7 @@ from torch import nn
 
 from lightdeploy.errors import UsageError
 from lightdeploy.exporters.base import ExportJob, ExportOptions, ExportResult
+from lightdeploy.logs import Count
 from lightdeploy.models.registry import ModelSpec
 from lightdeploy.versions import __version__, installed_versions
 
@@ -28,11 +29,12 @@ def output_names(spec: ModelSpec, options: ExportOptions) -> tuple[str, ...]:
     return names
 
 
-def make_job(spec: ModelSpec, model: nn.Module, options: ExportOptions) -> ExportJob:
+def make_job(spec: ModelSpec, model: nn.Module, options: ExportOptions, count: Count | None = None) -> ExportJob:
     """The job an exporter receives: the module that is exported (the spec's export wrapper around
-    ``model`` when it has one) and its output names."""
+    ``model`` when it has one), its output names, and where long loops report progress."""
     deployable = spec.export_wrapper(model, options.extra) if spec.export_wrapper else model
-    return ExportJob(model=deployable, spec=spec, options=options, output_names=output_names(spec, options))
+    names = output_names(spec, options)
+    return ExportJob(model=deployable, spec=spec, options=options, output_names=names, count=count)
 
 
 def registry_source(

@@ -136,7 +136,7 @@ def export(
         nhwc=nhwc,
         extra=dict(extra or {}),
     )
-    job = make_job(spec, eager, options)
+    job = make_job(spec, eager, options, count_of(progress))
 
     with staging_folder(final) as tmp:
         progress(f"exporting to {target} ({precision})")

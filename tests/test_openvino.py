@@ -109,10 +109,27 @@ def test_fp16_weights_are_half_the_size(fp32_artifact, tmp_path):
     assert 0.45 < ratio < 0.55
 
 
+class _Progress:
+    """A progress callback with the count channel the CLI's has (``logs.count_of``)."""
+
+    def __init__(self):
+        self.counts: list[tuple[int, int, str]] = []
+
+    def __call__(self, msg: str) -> None:
+        pass
+
+    def count(self, done: int, total: int, what: str) -> None:
+        self.counts.append((done, total, what))
+
+
+INT8_PROGRESS = _Progress()
+
+
 @pytest.fixture(scope="module")
 def int8_artifact(tmp_path_factory):
     out = tmp_path_factory.mktemp("ov8")
-    return export("mobilenetv2_x0.35", "openvino", precision="int8", input_size=(64, 64), out=out, parity=False).folder
+    kw = {"precision": "int8", "input_size": (64, 64), "out": out, "parity": False, "progress": INT8_PROGRESS}
+    return export("mobilenetv2_x0.35", "openvino", **kw).folder
 
 
 def test_int8_manifest_says_what_calibrated_it(int8_artifact):
@@ -126,6 +143,13 @@ def test_int8_manifest_says_what_calibrated_it(int8_artifact):
     assert DEFAULT_SAMPLES * 0.9 <= calib["images"] <= DEFAULT_SAMPLES * 1.1 and "seed" in calib["augmentation"]
     assert calib["batches_used"] > 0 and info["fake_quantize_nodes"] > 0
     assert "ignored_scope" in info and "preset" in info
+    # NNCF's passes over the calibration set are counted for the progress display, sample by sample
+    counted = [c for c in INT8_PROGRESS.counts if c[2] == "calibration samples"]
+    assert (
+        counted
+        and all(c[1] == calib["images"] for c in counted)
+        and (calib["batches_used"], calib["images"], "calibration samples") in counted
+    )
 
 
 def test_channel_shuffle_gathers_survive_openvino(fp32_artifact):

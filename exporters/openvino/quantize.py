@@ -62,7 +62,7 @@ def quantize_int8(
     subset = min(subset_size or len(calib), len(calib))
     presets = {"mixed": nncf.QuantizationPreset.MIXED, "performance": nncf.QuantizationPreset.PERFORMANCE}
     input_name = job.input_name
-    dataset = nncf.Dataset(calib.batches, lambda x: {input_name: x})
+    dataset = nncf.Dataset(calib.counted(job.count), lambda x: {input_name: x})
     own_settings = "advanced_parameters" not in nncf_kwargs  # a sweep may pass its own
     if own_settings:
         nncf_kwargs["advanced_parameters"] = _range_parameters(ACTIVATION_RANGE)

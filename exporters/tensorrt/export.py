@@ -76,7 +76,8 @@ class TensorRTExporter:
         if precision == "fp16":
             from lightdeploy.exporters.tensorrt.fp16 import activation_ranges, fp16_pins
 
-            fp16 = {**fp16_pins(model, activation_ranges(job.model, calib.batches)), "calibration": calib.description}
+            ranges = activation_ranges(job.model, calib.counted(job.count))
+            fp16 = {**fp16_pins(model, ranges), "calibration": calib.description}
         if precision == "int8":
             from lightdeploy.exporters.tensorrt.qdq import QDQ_FILE, make_qdq
 

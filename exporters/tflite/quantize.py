@@ -83,6 +83,20 @@ def _quantize(model: bytes, job: ExportJob, qsvs, float_scopes: tuple[str, ...])
     return retarget_signature_outputs(bytes(out))
 
 
+class _Feeds:
+    """The calibrator's signature inputs over ``batches``, made when iterated (the batches report their
+    progress then); re-iterable with a length, as the calibrator sizes its work first."""
+
+    def __init__(self, input_name: str, batches):
+        self.input_name, self.batches = input_name, batches
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self):
+        return ({self.input_name: b} for b in self.batches)
+
+
 def _calibrate(model: bytes, job: ExportJob, batches, float_scopes, ranges: str):
     """Tensor ranges over the calibration batches.  "min_max": global min / max over the set (the shipped
     setting: the quantizer's default 0.95 moving average weighs the first batches most and clipped
@@ -95,7 +109,7 @@ def _calibrate(model: bytes, job: ExportJob, batches, float_scopes, ranges: str)
     update = {"min_max": qsv_utils.min_max_update, "moving_average": qsv_utils.moving_average_update}[ranges]
     with quiet(stderr=True):
         run = calibrator.Calibrator(model, num_threads=os.cpu_count() or 1, qsv_update_func=update)
-        run.calibrate({SIGNATURE: [{job.input_name: b} for b in batches]}, _recipe(job, float_scopes))
+        run.calibrate({SIGNATURE: _Feeds(job.input_name, batches)}, _recipe(job, float_scopes))
     return run.get_model_qsvs()
 
 
@@ -104,7 +118,7 @@ def quantize_int8(model: bytes, job: ExportJob) -> tuple[bytes, dict]:
 
     calib = calibration_set(job.preprocessing(), batch=job.options.batch, calib_dir=job.options.calib_dir)
     float_scopes = DETECTOR_FLOAT_SCOPES if job.spec.task == "detect" else ()
-    qsvs = _calibrate(model, job, calib.batches, float_scopes, RANGES)
+    qsvs = _calibrate(model, job, calib.counted(job.count), float_scopes, RANGES)
     out, retargeted = _quantize(model, job, qsvs, float_scopes)
     control, ranges = None, RANGES
     if int8control.controlled(job):
@@ -171,7 +185,7 @@ def accuracy_control(model: bytes, out: bytes, retargeted, job: ExportJob, qsvs,
         return out, retargeted, decision
     tried = [(start, RANGES, qsvs, out, retargeted)]
     for ranges in ALTERNATIVE_RANGES:
-        alt_qsvs = _calibrate(model, job, calib.batches, float_scopes, ranges)
+        alt_qsvs = _calibrate(model, job, calib.counted(job.count), float_scopes, ranges)
         alt, alt_retargeted = _quantize(model, job, alt_qsvs, float_scopes)
         tried.append((validation.worst(_runner(alt, job)), ranges, alt_qsvs, alt, alt_retargeted))
     score, ranges, qsvs, out, retargeted = max(tried, key=lambda t: t[0])

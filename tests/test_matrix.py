@@ -46,6 +46,24 @@ def test_cli_writes_table_json_markdown_and_plot(tmp_path: Path):
         assert img.format == "PNG" and img.width > 500
 
 
+def test_plot_has_a_panel_per_model_in_rows_of_four(tmp_path: Path):
+    from PIL import Image
+
+    from lightdeploy import matrix_plot
+
+    cells = [
+        matrix.MatrixCell(f"model{i}", t, p, "pass" if p != "int8" else "FAIL", "", err, median_ms=ms)
+        for i in range(5)
+        for t, p, err, ms in (("onnx", "fp32", 0.0, 10.0 * (i + 1)), ("tflite", "int8", 2e-2, 4.0 * (i + 1)))
+    ]
+    cells.append(matrix.MatrixCell("untimed", "onnx", "fp32", "error", "boom"))  # no point, no panel
+    path = tmp_path / "m.png"
+    matrix_plot.write_plot(cells, path)
+    with Image.open(path) as img:  # 5 panels: 4 columns, 2 rows
+        dpi = 100
+        assert img.size == (round(4 * 4.4 * dpi), round((2 * 3.3 + 0.8) * dpi))
+
+
 def test_failed_gate_is_timed_and_failed_export_is_a_row(tmp_path: Path, monkeypatch):
     # an impossible fp32 row for ONNX Runtime: the gate fails, the kept artifact is still timed
     row = tolerances.TABLE[("onnxruntime", "fp32")]

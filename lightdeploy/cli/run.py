@@ -195,7 +195,9 @@ def _matrix(models, runs, warmup, threads, json_out, plot, markdown, resume, out
         if path:
             write(cells, path, meta)
     if plot:
-        matrix.write_plot(cells, plot)
+        from lightdeploy.matrix_plot import write_plot
+
+        write_plot(cells, plot)
 
 
 # --------------------------------------------------------------------------------------------- eval

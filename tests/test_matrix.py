@@ -43,7 +43,7 @@ def test_cli_writes_table_json_markdown_and_plot(tmp_path: Path):
     from PIL import Image
 
     with Image.open(files["png"]) as img:
-        assert img.format == "PNG" and img.width > 500
+        assert img.format == "PNG" and img.size == (440, 410)  # one model: one panel (matrix_plot)
 
 
 def test_plot_has_a_panel_per_model_in_rows_of_four(tmp_path: Path):

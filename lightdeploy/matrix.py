@@ -140,7 +140,8 @@ def run_matrix(
     cells = {c.cell_id: c for c in (done or [])}
     todo = [(m, t, p) for m in models for t, p in targets if (m, t, p) not in cells]
     torch.set_num_threads(threads)
-    for model in dict.fromkeys([*(m for m, _, _ in todo), *(c.model for c in _unrated(cells.values(), models))]):
+    unrated = [c.model for c in _unrated(cells.values()) if c.model in models]
+    for model in dict.fromkeys([*(m for m, _, _ in todo), *unrated]):
         for step, (m, target, precision) in enumerate(todo, 1):
             if m == model:
                 progress(f"[{step}/{len(todo)}] {model} -> {target}/{precision}")
@@ -153,10 +154,10 @@ def run_matrix(
     return _table_order(cells.values(), models)
 
 
-def _unrated(cells, models: list[str]) -> list[MatrixCell]:
-    """Timed cells of the asked-for models without their ratio to eager (a run interrupted between a cell
-    and its model's eager timing)."""
-    return [c for c in cells if c.model in models and c.median_ms is not None and c.x_eager is None]
+def _unrated(cells) -> list[MatrixCell]:
+    """Timed cells without their ratio to eager (a run interrupted between a cell and its model's eager
+    timing, or a cell of this run)."""
+    return [c for c in cells if c.median_ms is not None and c.x_eager is None]
 
 
 def _table_order(cells, models: list[str]) -> list[MatrixCell]:
@@ -231,7 +232,7 @@ def _fill_ratios(mine: list[MatrixCell], input_size, threads, runs, warmup, prog
     from lightdeploy.factory import create_model
     from lightdeploy.models.registry import get_spec
 
-    timed = _unrated(mine, [c.model for c in mine])
+    timed = _unrated(mine)
     if not timed:
         return False
     model = timed[0].model
@@ -262,8 +263,15 @@ def write_json(cells: list[MatrixCell], path: Path, meta: dict) -> None:
 
 def read_json(path: Path) -> list[MatrixCell]:
     """Cells of an earlier run (``--resume``); unknown keys from another version are dropped."""
+    return read_run(path)[0]
+
+
+def read_run(path: Path) -> tuple[list[MatrixCell], dict]:
+    """An earlier run's cells and its meta (date, command, machine, versions)."""
     names = {f.name for f in fields(MatrixCell)}
-    return [MatrixCell(**{k: v for k, v in c.items() if k in names}) for c in json.loads(path.read_text())["cells"]]
+    data = json.loads(path.read_text())
+    cells = [MatrixCell(**{k: v for k, v in c.items() if k in names}) for c in data["cells"]]
+    return cells, data.get("meta", {})
 
 
 def run_meta(threads: int, runs: int, command: str) -> dict:
@@ -279,10 +287,20 @@ def run_meta(threads: int, runs: int, command: str) -> dict:
     }
 
 
-# fmt: off
-COLUMNS = ("model", "target", "gate", "key figure", "export s", "MB", "ms med", "ms p90", "b8 img/s", "x eager",
-           "x ORT", "load")
-# fmt: on
+COLUMNS = (
+    "model",
+    "target",
+    "gate",
+    "key figure",
+    "export s",
+    "MB",
+    "ms med",
+    "ms p90",
+    "b8 img/s",
+    "x eager",
+    "x ORT",
+    "load",
+)
 
 
 def cell_values(c: MatrixCell) -> list[str]:

@@ -154,7 +154,6 @@ def bench(
 
 
 def _matrix(models, runs, warmup, threads, json_out, plot, markdown, resume, out, cells, progress) -> None:
-    import json
     import shlex
     import sys
 
@@ -164,15 +163,15 @@ def _matrix(models, runs, warmup, threads, json_out, plot, markdown, resume, out
         raise UsageError("--matrix takes model names (it exports them itself), not artifact folders.")
     if resume and not (json_out and json_out.is_file()):
         raise UsageError("--resume reads the cells of an earlier run from --json FILE: give an existing file.")
-    done = matrix.read_json(json_out) if resume else None
+    done, earlier_meta = matrix.read_run(json_out) if resume else (None, {})
     targets = matrix.parse_cells(cells) if cells else matrix.TARGETS
     command = "lightdeploy " + shlex.join(sys.argv[1:])
     meta = matrix.run_meta(threads, runs, command)
-    earlier = json.loads(json_out.read_text()).get("meta", {}).get("command") if resume else None
+    earlier = earlier_meta.get("command")
     if earlier:  # until a cell runs, the table is the earlier runs' (a resume with nothing missing re-renders it)
         meta["command"] = earlier
 
-    def checkpoint(cells_so_far) -> None:  # each finished model is on disk: an interrupted run resumes
+    def checkpoint(cells_so_far) -> None:  # each finished cell is on disk: an interrupted run resumes
         if earlier:  # the table holds every run's cells: it names every run's command
             meta["command"] = f"{earlier}`, then `{command}"
         if json_out:

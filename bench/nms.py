@@ -1,17 +1,19 @@
-"""Time lightdeploy::nms_fixed alone: its TFLite decomposition in LiteRT, ONNX NonMaxSuppression in ORT.
+"""Time lightdeploy::nms_fixed alone: its TFLite forms in LiteRT, ONNX NonMaxSuppression in ORT.
 
 Usage:  .venv/bin/python bench/nms.py [--runs 50] [--threads 2] [--rounds 3]
 
 Sizes are ThunderNet's two NMS calls at 320x320: proposals (N = 2000, IoU 0.7, 200 kept) and
 detections (N = 1000, IoU 0.5, 100 kept).  Boxes are seeded random boxes of 8..158 px in a 320 image
-(so every output slot fills), scores N(0, 1).  Each model is checked for exact index equality with
-eager on three inputs (two with 0.1-rounded, i.e. tied, scores), then timed; the median is the best
-of ``--rounds`` rounds, interleaved, since this machine is shared.
+(so every output slot fills), scores N(0, 1).  TFLite forms: "builtin" (NON_MAX_SUPPRESSION_V5, what
+the exporter uses) and "unrolled" (the plain decomposition, its fallback).  Each model is checked for
+exact index equality with eager on three inputs (two with 0.1-rounded, i.e. tied, scores), then timed;
+the median is the best of ``--rounds`` rounds, interleaved, since this machine is shared.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import tempfile
 import warnings
@@ -46,15 +48,22 @@ def make_inputs(n: int, seed: int, ties: bool = False, image: int = 320):
     return boxes, scores.round(decimals=1) if ties else scores
 
 
-def tflite_runner(module, boxes, scores, threads: int):
+def tflite_runner(module, boxes, scores, threads: int, builtin: bool):
     import litert_torch
     from ai_edge_litert.interpreter import Interpreter
 
+    from lightdeploy.exporters.tflite import builtins
     from lightdeploy.exporters.tflite.convert import _decompositions
 
-    with _decompositions(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        content = bytes(litert_torch.convert(module, (), {"boxes": boxes, "scores": scores}).model_content())
+    registered = builtins.registered
+    if not builtin:  # as on a litert-torch without the builtin lowering
+        builtins.registered = lambda: contextlib.nullcontext(False)
+    try:
+        with _decompositions(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            content = bytes(litert_torch.convert(module, (), {"boxes": boxes, "scores": scores}).model_content())
+    finally:
+        builtins.registered = registered
     runner = Interpreter(model_content=content, num_threads=threads).get_signature_runner()
     return lambda b, s: runner(boxes=b, scores=s)["keep"]
 
@@ -95,7 +104,8 @@ def main() -> None:
         for label, (n, threshold, max_output) in SIZES.items():
             module = FixedNMS(threshold, max_output).eval()
             boxes, scores = make_inputs(n, seed=0)
-            runners[(label, "tflite")] = tflite_runner(module, boxes, scores, args.threads)
+            runners[(label, "tflite builtin")] = tflite_runner(module, boxes, scores, args.threads, True)
+            runners[(label, "tflite unrolled")] = tflite_runner(module, boxes, scores, args.threads, False)
             runners[(label, "onnxruntime")] = ort_runner(module, boxes, scores, args.threads, Path(tmp) / "nms.onnx")
         exact = {}
         for (label, backend), run in runners.items():
@@ -116,7 +126,7 @@ def main() -> None:
     for label in SIZES:
         row = "  ".join(
             f"{backend} {best[(label, backend)]:7.2f} (exact: {exact[(label, backend)]})"
-            for backend in ("tflite", "onnxruntime")
+            for backend in ("tflite builtin", "tflite unrolled", "onnxruntime")
         )
         print(f"{label:26s} {row}")
 

@@ -4,8 +4,12 @@
 fallback an edge device may have instead.  Feeds are mapped to tensor indices through the model's
 signature (the exporter names the signature's input and outputs after the manifest), with fallbacks
 for files converted elsewhere: tensor names that contain the manifest name, then position.  The
-manifest's shapes are the artifact's own layout (NCHW, or NHWC where it says so); nothing is
-transposed here.  numpy only: no torch, no tensorflow.
+manifest's shapes are what ``run`` returns: NCHW, or NHWC where the manifest says ``layout: NHWC``
+(``--nhwc``).  An output marked ``file_layout: NHWC`` (a segmenter's logits) is stored channel-last in
+the file and returned as an NCHW *view* of it (``np.transpose``, no copy): equal values, channel-last
+strides; ``np.ascontiguousarray`` gives NCHW memory where a caller needs it.  Outputs come back from
+LiteRT already copied out of the interpreter, so they are not copied again.  numpy only: no torch, no
+tensorflow.
 
 Threads: an interpreter holds its tensors and its arena, so one shared interpreter is not safe (issue
 14: 146 of 200 threaded calls wrong for shufflenetv2 with no error, thundernet crashing in gather_nd).
@@ -84,6 +88,7 @@ class TFLiteBackend(RuntimeBase):
         ins = [TensorSpec.from_manifest(e) for e in manifest["inputs"]]
         outs = [TensorSpec.from_manifest(e) for e in manifest["outputs"]]
         super().__init__(ins, outs)
+        self._channel_last = {e["name"] for e in manifest["outputs"] if e.get("file_layout") == "NHWC"}
         self._signature = manifest.get("backend_info", {}).get("signature")
         self._slots = Pool(self._new_slot, size)  # the first interpreter opens the file now
         self.parallelism = size
@@ -107,7 +112,7 @@ class TFLiteBackend(RuntimeBase):
         runner, in_details, out_details = self._details(interp, self._signature)
         if not hasattr(self, "_in"):  # tensor indices are the model's: the same in every interpreter
             self._in = _resolve(self.inputs, in_details, "input", self._model_path)
-            self._out = _resolve(self.outputs, out_details, "output", self._model_path)
+            self._out = _resolve(self.outputs, out_details, "output", self._model_path, self._channel_last)
         return _Slot(interp, runner)
 
     def _details(self, interp, signature: str | None):
@@ -131,23 +136,29 @@ class TFLiteBackend(RuntimeBase):
         with self._slots.take() as slot:
             if slot.runner is not None:
                 result = slot.runner(**{s.name: _to_tensor(feeds[s.name], self._in[s.name]) for s in self.inputs})
-                return {s.name: _from_tensor(result[s.name], self._out[s.name], s) for s in self.outputs}
+                return {s.name: self._output(result[s.name], s) for s in self.outputs}
             interp = slot.interpreter
             for spec in self.inputs:
                 detail = self._in[spec.name]
                 interp.set_tensor(detail["index"], _to_tensor(feeds[spec.name], detail))
             interp.invoke()
             return {
-                spec.name: _from_tensor(interp.get_tensor(self._out[spec.name]["index"]), self._out[spec.name], spec)
-                for spec in self.outputs
+                spec.name: self._output(interp.get_tensor(self._out[spec.name]["index"]), spec) for spec in self.outputs
             }
+
+    def _output(self, array: np.ndarray, spec: TensorSpec) -> np.ndarray:
+        value = _from_tensor(array, self._out[spec.name], spec)
+        return value.transpose(0, 3, 1, 2) if spec.name in self._channel_last else value
 
     def _close_impl(self) -> None:
         self._slots.close()
 
 
-def _resolve(specs: list[TensorSpec], details: list[dict], kind: str, path) -> dict[str, dict]:
-    """{manifest name: interpreter detail}: exact name, then a name containing it, then position."""
+def _resolve(specs: list[TensorSpec], details: list[dict], kind: str, path, channel_last=()) -> dict[str, dict]:
+    """{manifest name: interpreter detail}: exact name, then a name containing it, then position.
+
+    ``channel_last``: names whose file tensor is the NHWC form of the manifest's NCHW shape.
+    """
     out: dict[str, dict] = {}
     free = list(details)
     for spec in specs:
@@ -167,6 +178,8 @@ def _resolve(specs: list[TensorSpec], details: list[dict], kind: str, path) -> d
         )
     for spec in specs:
         got = tuple(int(v) for v in out[spec.name]["shape"])
+        if spec.name in channel_last and len(got) == 4:
+            got = (got[0], got[3], got[1], got[2])
         if len(got) != len(spec.shape) or any(w is not None and w != g for w, g in zip(spec.shape, got)):
             raise ArtifactError(
                 f"The manifest's {kind} {spec.name!r} has shape {list(spec.shape)} but the model file's "
@@ -188,12 +201,16 @@ def _to_tensor(array: np.ndarray, detail: dict) -> np.ndarray:
 
 
 def _from_tensor(array: np.ndarray, detail: dict, spec: TensorSpec) -> np.ndarray:
-    """Dequantise an integer output the manifest declares as float; copy (the buffer is reused)."""
+    """Dequantise an integer output the manifest declares as float; else cast to the manifest's dtype.
+
+    LiteRT's ``get_tensor`` and signature runners return a fresh array that owns its memory; anything
+    else (a view of the interpreter's buffer, which the next call overwrites) is copied.
+    """
     want = np.dtype(spec.dtype)
     scale, zero = detail.get("quantization", (0.0, 0))
     if np.issubdtype(want, np.floating) and np.issubdtype(array.dtype, np.integer) and scale:
         return ((array.astype(np.float32) - zero) * scale).astype(want)
-    return array.astype(want, copy=True)
+    return array.astype(want, copy=not array.flags.owndata)
 
 
 def opened_files(folder: Path, manifest: dict) -> list[str]:

@@ -24,6 +24,16 @@ def test_eager_matches_interleaving():
     assert np.array_equal(cs.shuffle_permutation(8, 2), [0, 4, 1, 5, 2, 6, 3, 7])
 
 
+def test_channel_last_form_equals_reference_and_is_the_tflite_form():
+    from lightdeploy.ops import tflite_decomposition_table
+
+    for shape, groups in [((2, 12, 6, 5), 2), ((1, 24, 3, 3), 3), ((1, 8, 1, 1), 8)]:
+        x = torch.randn(*shape)
+        assert torch.equal(cs.channel_shuffle_channel_last(x, groups), cs.channel_shuffle_reference(x, groups))
+    op = torch.ops.lightdeploy.channel_shuffle.default
+    assert tflite_decomposition_table(kernels=False)[op] is cs.channel_shuffle_channel_last
+
+
 @pytest.mark.parametrize("variant", sorted(cs.ONNX_VARIANTS))
 def test_onnx_forms_match_eager(tmp_path, variant):
     table = {**onnx_translation_table(), torch.ops.lightdeploy.channel_shuffle.default: cs.ONNX_VARIANTS[variant]}

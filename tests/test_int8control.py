@@ -76,6 +76,8 @@ def test_tflite_module_path_from_a_litert_torch_tensor_name():
     fused = f"{wrapper}/M_inner/Sequential_features/ConvBNReLU6_0/ReLU6_2;;{wrapper}/M_inner/Sequential_features/ConvBNReLU6_0/Conv2d_0;1"
     assert module_path(fused) == "features.0.0"
     assert module_path("serving_default_logits_output") == "serving_default_logits_output"
+    underscored = f"{wrapper}/lightdeploy.models.bisenet.BiSeNet_inner/lightdeploy.models.bisenet.SpatialPath_spatial_path/lightdeploy.models._detection.ProposalLayer_proposals;3"
+    assert module_path(underscored) == "spatial_path.proposals"
 
 
 def test_a_qdq_layer_without_its_qdq_computes_the_float_layer(tmp_path):

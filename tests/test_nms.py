@@ -286,18 +286,27 @@ class FixedNMSModule(torch.nn.Module):
 
 
 @pytest.mark.slow
-def test_tflite_nms_fixed_equals_eager():
-    """The decomposition converted by litert-torch and run in LiteRT (TOPK_V2's own tie order):
-    ties, duplicates, zero-area boxes and fewer boxes left than output slots."""
+def test_tflite_nms_fixed_equals_eager(monkeypatch):
+    """The plain decomposition (what the exporter uses when litert-torch offers no builtin lowering,
+    ``exporters/tflite/builtins.py``) converted and run in LiteRT (TOPK_V2's own tie order): ties,
+    duplicates, zero-area boxes and fewer boxes left than output slots."""
+    import contextlib
+
     litert_torch = pytest.importorskip("litert_torch")
     interpreter = pytest.importorskip("ai_edge_litert.interpreter")
+    from lightdeploy.exporters.tflite import builtins
     from lightdeploy.exporters.tflite.convert import _decompositions
+
+    monkeypatch.setattr(builtins, "registered", lambda: contextlib.nullcontext(False))
 
     n, max_output = 300, 40
     boxes, scores = random_boxes(n, seed=10)
     with _decompositions(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         edge = litert_torch.convert(FixedNMSModule(0.5, max_output).eval(), (), {"boxes": boxes, "scores": scores})
+    from lightdeploy.exporters.tflite.flatbuffer import list_ops
+
+    assert "NON_MAX_SUPPRESSION_V5" not in list_ops(bytes(edge.model_content()))
     runner = interpreter.Interpreter(model_content=bytes(edge.model_content())).get_signature_runner()
     same = torch.tensor([[10.0, 10, 20, 20]]).repeat(n, 1)
     inputs = [

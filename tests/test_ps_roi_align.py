@@ -157,6 +157,18 @@ def test_decomposition_equals_eager_and_rejects_adaptive():
         psra.ps_roi_align_decomposition(features, rois, 7, 7, SCALE, -1)
 
 
+def test_tflite_form_equals_eager_and_rejects_adaptive():
+    """The folded-weight form litert-torch converts: every case of make_case (outside, inverted,
+    sub-pixel, two images) to float32 rounding, at two pooled sizes."""
+    for alpha, pooled in [(2, 3), (5, 7)]:
+        features, rois = make_case(alpha, pooled)
+        eager = psra.ps_roi_align(features, rois, pooled, SCALE, 2)
+        tflite_form = psra.ps_roi_align_tflite(features, rois, pooled, pooled, SCALE, 2)
+        torch.testing.assert_close(tflite_form, eager, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="fixed sampling_ratio"):
+        psra.ps_roi_align_tflite(features, rois, 7, 7, SCALE, -1)
+
+
 def test_user_errors_raise_value_error():
     with pytest.raises(ValueError, match="divisible"):
         psra.ps_roi_align(torch.randn(1, 10, 4, 4), torch.zeros(1, 5), 3)
@@ -231,3 +243,4 @@ def test_tables():
     op = torch.ops.lightdeploy.ps_roi_align.default
     assert lightdeploy.ops.onnx_translation_table()[op] is psra.ONNX_VARIANTS[psra.DEFAULT_ONNX_VARIANT]
     assert lightdeploy.ops.decomposition_table()[op] is psra.ps_roi_align_decomposition
+    assert lightdeploy.ops.tflite_decomposition_table(kernels=False)[op] is psra.ps_roi_align_tflite

@@ -60,9 +60,8 @@ def exported_folder(name: str, precision: str, tmp_path_factory) -> Path:
 
 
 def _model_params():
-    """Every model, grouped per model so one worker converts it once.  The detectors' unrolled NMS
-    becomes thousands of TFLite ops (~8,000 for ThunderNet at 320) and minutes of conversion and
-    parity, so they run in the slow set."""
+    """Every model, grouped per model so one worker converts it once.  The detectors run in the slow
+    set: a conversion and gate of each of the five takes 30-60 s here."""
     return [
         pytest.param(
             n, marks=[pytest.mark.xdist_group(n)] + ([pytest.mark.slow] if get_spec(n).task == "detect" else [])
@@ -157,7 +156,8 @@ def test_int8_signature_follows_the_dequantized_output(tmp_path_factory):
     x = np.random.default_rng(0).standard_normal(manifest["inputs"][0]["shape"]).astype(np.float32)
     result = runner(image=x)
     assert result["logits"].dtype == np.float32 and np.ptp(result["logits"]) > 0
-    assert (result["mask"] == result["logits"].argmax(axis=1)).all()
+    assert manifest["outputs"][0]["file_layout"] == "NHWC"  # the file's logits are channel-last
+    assert (result["mask"] == result["logits"].argmax(axis=-1)).all()
 
 
 @pytest.mark.parametrize("name,precision", _quant_params())
@@ -242,6 +242,9 @@ def test_bare_interpreter_matches_eager(name, tmp_path_factory):
     ref = dict(zip(spec.outputs, ref if isinstance(ref, (tuple, list)) else (ref,)))
     name_out = "scores" if spec.task == "detect" else spec.outputs[0]
     got, want = result[name_out], ref[name_out].numpy()
+    (entry,) = [o for o in manifest["outputs"] if o["name"] == name_out]
+    if entry.get("file_layout") == "NHWC":  # the file holds the map channel-last; the manifest says so
+        got = got.transpose(0, 3, 1, 2)
     if spec.task == "detect":
         got, want = np.sort(got, axis=-1), np.sort(want, axis=-1)
     assert got.shape == want.shape
@@ -307,8 +310,39 @@ def test_class_map_reduces_channel_last_logits(tmp_path_factory):
     shapes = {t["index"]: list(t["shape"]) for t in interpreter.get_tensor_details()}
     (argmax,) = [op for op in interpreter._get_ops_details() if op["op_name"] == "ARG_MAX"]
     h, w = small_size(get_spec("bisenet_xception39"))
-    assert shapes[argmax["inputs"][0]] == [1, h, w, get_spec("bisenet_xception39").num_classes]
+    classes = get_spec("bisenet_xception39").num_classes
+    assert shapes[argmax["inputs"][0]] == [1, h, w, classes]
     assert torch.ops.aten.max.dim not in layout_check.nhwcable_node_checkers
+    # the logits leave the file channel-last: no full-resolution TRANSPOSE anywhere in the graph
+    full = h * w * classes
+    transposes = [op for op in interpreter._get_ops_details() if op["op_name"] == "TRANSPOSE"]
+    assert all(np.prod(shapes[op["outputs"][0]]) < full for op in transposes)
+    logits = json.loads((folder / "manifest.json").read_text())["outputs"][0]
+    assert logits["shape"] == [1, classes, h, w] and logits["file_layout"] == "NHWC"
+    from lightdeploy import runtimes
+
+    with runtimes.open_runtime(folder, threads=2) as runtime:
+        out = runtime.run({"image": np.zeros((1, 3, h, w), np.float32)})["logits"]
+    assert out.shape == (1, classes, h, w) and out.strides[1] == 4  # NCHW view of the NHWC buffer
+
+
+def test_runtime_returns_channel_last_file_outputs_as_nchw_views(tmp_path):
+    """An output stored NHWC (``file_layout``) comes back as an NCHW view of LiteRT's own copy, and
+    LiteRT's fresh output arrays are not copied again."""
+    from lightdeploy.runtimes.base import TensorSpec
+    from lightdeploy.runtimes.tflite import _from_tensor, _resolve
+
+    spec = TensorSpec("logits", (1, 19, 8, 16), "float32")
+    detail = {"name": "logits", "index": 3, "shape": [1, 8, 16, 19]}
+    assert _resolve([spec], [detail], "output", "m", {"logits"})["logits"] is detail
+    with pytest.raises(Exception, match="shape"):
+        _resolve([spec], [detail], "output", "m")  # without file_layout the shapes disagree
+    fresh = np.random.default_rng(0).random((1, 8, 16, 19), dtype=np.float32)
+    assert _from_tensor(fresh, detail, spec) is fresh
+    borrowed = fresh[...]  # a view, as a buffer the interpreter reuses would be
+    assert _from_tensor(borrowed, detail, spec) is not borrowed and not np.shares_memory(
+        _from_tensor(borrowed, detail, spec), fresh
+    )
 
 
 def test_dynamic_shapes_are_refused(tmp_path):

@@ -29,19 +29,22 @@ def check_job(job: ExportJob) -> CheckReport:
     from litert_torch.fx_infra import decomp, safe_run_decompositions
 
     from lightdeploy.exporters import program
+    from lightdeploy.exporters.tflite import builtins
     from lightdeploy.logs import quiet
-    from lightdeploy.ops import decomposition_table
+    from lightdeploy.ops import tflite_decomposition_table
 
-    with quiet("torch", stderr=True):
+    with quiet("torch", stderr=True), builtins.registered() as kernels:
         traced = program.exported_program(job)
         # the converter's two decomposition passes (converter_v2 / backend.export), ours included
-        traced = safe_run_decompositions(traced, {**decomp.pre_convert_decomp(), **decomposition_table()})
+        ours = tflite_decomposition_table(kernels)
+        traced = safe_run_decompositions(traced, {**decomp.pre_convert_decomp(), **ours})
         traced = safe_run_decompositions(traced, decomp.pre_lower_decomp(), can_skip=False)
+        missing = [node for node in program.op_nodes(traced) if lowerings.lookup(node.target) is None]
     findings, counts = [], Counter()
     for node in program.op_nodes(traced):
         name = program.op_name(node.target)
         counts[name] += 1
-        if lowerings.lookup(node.target) is None:
+        if node in missing:
             findings.append(
                 Finding(
                     "error",

@@ -7,12 +7,16 @@ litert-torch converts the traced eager model exactly (docs/design.md#backends). 
 2. the eager model is wrapped so the LiteRT signature carries lightdeploy's names: the input is
    passed as keyword ``image`` and the outputs are returned as a dict keyed by the manifest's output
    names (the converter names signature I/O after kwargs and dict keys; positional args and tuples
-   would come out as ``args_0`` / ``output_0``).  With ``--nhwc`` it is also wrapped in
-   ``litert_torch.to_channel_last_io`` (input and every 4-D output become NHWC);
-3. ``litert_torch.convert`` with every custom op replaced by its plain-tensor body from
-   ``lightdeploy.ops.decomposition_table()`` (registered as pre-convert decompositions: the
-   converter cannot lower a ``torch.library.custom_op``), and ``argmax`` kept channel-last
-   (``layout.py``: a segmenter's class map reduces NHWC logits);
+   would come out as ``args_0`` / ``output_0``).  Every 4-D output (a segmenter's logits) leaves the
+   file channel-last: the graph computes it NHWC, where a TRANSPOSE to NCHW at full resolution cost
+   BiSeNet a fifth of its latency (docs/measurements.md#tflite-bisenet).  The manifest keeps such an
+   output's NCHW shape and marks ``file_layout: NHWC``; the runtime returns an NCHW view of it.  With
+   ``--nhwc`` the input is channel-last too, and the outputs stay NHWC for the caller;
+3. ``litert_torch.convert`` with every custom op replaced by its body from
+   ``lightdeploy.ops.tflite_decomposition_table()`` (registered as pre-convert decompositions: the
+   converter cannot lower a ``torch.library.custom_op``): plain tensors, or a call of a TFLite
+   builtin kernel lowered by ``builtins.py`` (``nms_fixed`` on NON_MAX_SUPPRESSION_V5); ``argmax``
+   is kept channel-last (``layout.py``: a segmenter's class map reduces NHWC logits);
 4. fp16 / int8: ai-edge-quantizer applied to the float flatbuffer (``quantize.py``);
 5. the flatbuffer's operator list goes into the manifest; a Flex or custom op refuses the export
    (nothing is written), since a stock LiteRT interpreter on a device cannot run it.
@@ -33,24 +37,37 @@ from lightdeploy.logs import quiet, quiet_native_stderr
 TFLITE_FILE = "model.tflite"
 
 
-def named_io_module(model, output_names: tuple[str, ...], nhwc_outputs: list[int], nhwc: bool):
-    """The module that is converted: one keyword input, dict outputs keyed by the manifest names."""
+def spatial_outputs(model, x) -> list[int]:
+    """Positions of the 4-D outputs (spatial maps) of ``model(x)``: the ones the file keeps channel-last.
+
+    Boxes, scores, class maps and class scores have no channel axis and stay as they are.
+    """
     import torch
 
-    inner = model
-    if nhwc:
-        import litert_torch
+    with torch.no_grad():
+        probe = model(x)
+    probe = probe if isinstance(probe, (tuple, list)) else (probe,)
+    return [i for i, t in enumerate(probe) if t.dim() == 4]
 
-        inner = litert_torch.to_channel_last_io(model, args=[0], outputs=nhwc_outputs)
+
+def named_io_module(model, output_names: tuple[str, ...], nhwc_outputs: list[int], nhwc: bool):
+    """The module that is converted: one keyword input, dict outputs keyed by the manifest names.
+
+    ``nhwc_outputs``: the outputs returned channel-last; ``nhwc``: the input is channel-last too.  The
+    permutes are what ``litert_torch.to_channel_last_io`` adds, written here so the model stays one
+    level below this wrapper in the converted tensors' names (``quantize.module_path`` reads them).
+    """
+    import torch
 
     class NamedOutputs(torch.nn.Module):
         def __init__(self):
             super().__init__()
-            self.inner = inner
+            self.inner = model
 
         def forward(self, image):
-            result = self.inner(image)
+            result = self.inner(image.permute(0, 3, 1, 2) if nhwc else image)
             result = result if isinstance(result, (tuple, list)) else (result,)
+            result = [t.permute(0, 2, 3, 1) if i in nhwc_outputs else t for i, t in enumerate(result)]
             return dict(zip(output_names, result))
 
     return NamedOutputs().eval()
@@ -58,26 +75,29 @@ def named_io_module(model, output_names: tuple[str, ...], nhwc_outputs: list[int
 
 @contextlib.contextmanager
 def _decompositions():
-    """Register lightdeploy's op decompositions with litert-torch for one conversion, then restore."""
+    """Register lightdeploy's op decompositions (and the lowerings of the builtin-kernel ops they call,
+    ``builtins.py``) with litert-torch for one conversion, then restore; yields the ops decomposed."""
     from litert_torch.fx_infra import decomp
 
-    from lightdeploy.exporters.tflite import layout
-    from lightdeploy.ops import decomposition_table
+    from lightdeploy.exporters.tflite import builtins, layout
+    from lightdeploy.ops import tflite_decomposition_table
 
-    table = {**decomposition_table(), **layout.decompositions()}
-    current = decomp.pre_convert_decomp()
-    before = {op: current.get(op) for op in table}
-    for op, fn in table.items():
-        decomp.add_pre_convert_decomp(op, fn)
-    try:
-        with layout.channel_max_is_channel_last():
-            yield [str(op) for op in table]
-    finally:
-        for op, fn in before.items():
-            if fn is None:
-                decomp.remove_pre_lower_decomp(op)
-            else:
-                decomp.add_pre_convert_decomp(op, fn)
+    with builtins.registered() as kernels:
+        ops_table = tflite_decomposition_table(kernels)
+        table = {**ops_table, **layout.decompositions()}
+        current = decomp.pre_convert_decomp()
+        before = {op: current.get(op) for op in table}
+        for op, fn in table.items():
+            decomp.add_pre_convert_decomp(op, fn)
+        try:
+            with layout.channel_max_is_channel_last():
+                yield [str(op) for op in table]
+        finally:
+            for op, fn in before.items():
+                if fn is None:
+                    decomp.remove_pre_convert_decomp(op)
+                else:
+                    decomp.add_pre_convert_decomp(op, fn)
 
 
 # One float conversion serves every precision: fp16 and int8 are rewrites of the float flatbuffer,
@@ -126,18 +146,9 @@ def convert_float(job: ExportJob) -> tuple[bytes, list[int], list[str], bool]:
 
 
 def _convert_float_impl(job: ExportJob) -> tuple[bytes, list[int], list[str]]:
-    import torch
-
     litert_torch = require("litert_torch", package="litert-torch", extra="tflite", purpose="TFLite export")
     x = job.example_input()
-    nhwc_outputs: list[int] = []
-    if job.options.nhwc:
-        # Spatial maps (4-D outputs, e.g. segmentation logits) go channel-last too; boxes, scores
-        # and masks have no channel axis and stay as they are.
-        with torch.no_grad():
-            probe = job.model(x)
-        probe = probe if isinstance(probe, (tuple, list)) else (probe,)
-        nhwc_outputs = [i for i, t in enumerate(probe) if t.dim() == 4]
+    nhwc_outputs = spatial_outputs(job.model, x)
     module = named_io_module(job.model, job.output_names, nhwc_outputs, job.options.nhwc)
     if job.options.nhwc:
         x = x.permute(0, 2, 3, 1).contiguous()

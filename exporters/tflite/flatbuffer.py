@@ -124,7 +124,18 @@ def signature_io(model: bytes, job: ExportJob, nhwc_outputs: list[int]) -> tuple
             e["layout"] = layout
         return e
 
+    def output_entry(i, name):
+        if i not in nhwc_outputs:
+            return entry(name, outs[name])
+        if job.options.nhwc:  # the caller asked for channel-last maps
+            return entry(name, outs[name], "NHWC")
+        # channel-last in the file only: the manifest gives the NCHW shape the runtime returns
+        e = entry(name, outs[name], "NCHW")
+        n, h, w, c = e["shape"]
+        e["shape"], e["file_layout"] = [n, c, h, w], "NHWC"
+        return e
+
     layout = "NHWC" if job.options.nhwc else "NCHW"
     inputs = [entry(job.input_name, ins[job.input_name], layout)]
-    outputs = [entry(n, outs[n], "NHWC" if i in nhwc_outputs else None) for i, n in enumerate(job.output_names)]
+    outputs = [output_entry(i, n) for i, n in enumerate(job.output_names)]
     return inputs, outputs

@@ -145,7 +145,8 @@ def _runner(model: bytes, job: ExportJob):
 
     def run(x):
         out = runner(**{job.input_name: x})
-        return [out[name] for name in job.output_names]
+        # every 4-D output leaves the file channel-last (convert.py); the reference is eager's NCHW
+        return [o.transpose(0, 3, 1, 2) if o.ndim == 4 else o for o in (out[name] for name in job.output_names)]
 
     return run
 
@@ -172,7 +173,10 @@ def module_path(tensor_name: str) -> str:
     paths = [seg for seg in tensor_name.split(";") if "/" in seg]
     if not paths:
         return tensor_name
-    return ".".join(seg.rsplit("_", 1)[-1] for seg in paths[-1].split("/")[2:] if "_" in seg)
+    # each level is "pkg.mod.Class_attr": the attribute follows the class's first "_" (attributes
+    # such as spatial_path have their own)
+    levels = (seg.rsplit(".", 1)[-1] for seg in paths[-1].split("/")[2:])
+    return ".".join(level.split("_", 1)[1] for level in levels if "_" in level)
 
 
 def accuracy_control(model: bytes, out: bytes, retargeted, job: ExportJob, qsvs, calib, float_scopes):

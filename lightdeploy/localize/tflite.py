@@ -35,9 +35,15 @@ def check_tflite_localizable(manifest: dict) -> None:
         )
 
 
-def probed_module(model: torch.nn.Module, paths: list[str], output_names: list[str], nhwc: bool):
+def probed_module(
+    model: torch.nn.Module, paths: list[str], output_names: list[str], nhwc: bool, channel_last: list[int]
+):
     """The converted module: one keyword input ``image``, a dict of the final outputs (manifest names)
-    and ``probe_i`` = the output of module ``paths[i]`` (NCHW, as eager's hook sees it)."""
+    and ``probe_i`` = the output of module ``paths[i]`` (NCHW, as eager's hook sees it).
+
+    ``nhwc``: the input is channel-last; ``channel_last``: the outputs the artifact's file holds NHWC
+    (the exporter's choice, read from the manifest), so the probed graph ends as the artifact's does.
+    """
     from lightdeploy.exporters.tflite.convert import named_io_module
 
     inner = copy.deepcopy(model).eval()  # hooks go on a copy: the user's model is never changed
@@ -45,13 +51,7 @@ def probed_module(model: torch.nn.Module, paths: list[str], output_names: list[s
     modules = dict(inner.named_modules())
     for path in paths:
         modules[path].register_forward_hook(lambda m, a, out, path=path: captured.__setitem__(path, out))
-    nhwc_outputs = []
-    if nhwc:
-        with torch.no_grad():
-            probe = inner(torch.zeros(1, 3, 8, 8))  # which outputs are 4-D maps, as the exporter asks
-        probe = probe if isinstance(probe, (tuple, list)) else (probe,)
-        nhwc_outputs = [i for i, t in enumerate(probe) if t.dim() == 4]
-    base = named_io_module(inner, tuple(output_names), nhwc_outputs, nhwc)
+    base = named_io_module(inner, tuple(output_names), channel_last, nhwc)
 
     class Probed(torch.nn.Module):
         def __init__(self):
@@ -78,7 +78,8 @@ def run_tflite(folder: Path, manifest: dict, model, paths: list[str], x: np.ndar
     litert_torch = require("litert_torch", package="litert-torch", extra="tflite", purpose="TFLite localisation")
     finals = [o["name"] for o in manifest["outputs"]]
     nhwc = manifest["preprocessing"].get("layout", "NCHW") == "NHWC"
-    module = probed_module(model, paths, finals, nhwc)
+    stored = [o.get("file_layout", o.get("layout")) for o in manifest["outputs"]]
+    module = probed_module(model, paths, finals, nhwc, [i for i, lay in enumerate(stored) if lay == "NHWC"])
     with _decompositions(), quiet(stderr=True):
         # the keyword is the manifest's input name, as the exporter passes it (named_io_module's ``image``)
         feed = {manifest["inputs"][0]["name"]: torch.from_numpy(x)}
@@ -95,4 +96,8 @@ def run_tflite(folder: Path, manifest: dict, model, paths: list[str], x: np.ndar
         runner = interp.get_signature_runner(next(iter(interp.get_signature_list())))
         result = runner(**{manifest["inputs"][0]["name"]: x})
     values = {p: np.asarray(result[PROBE.format(i)]) for i, p in enumerate(paths)}
-    return values, {n: np.asarray(result[n]) for n in finals}
+    # finals as the runtime returns them: a file_layout NHWC output goes back to NCHW
+    file_nhwc = {o["name"] for o in manifest["outputs"] if o.get("file_layout") == "NHWC"}
+    return values, {
+        n: np.asarray(result[n]).transpose(0, 3, 1, 2) if n in file_nhwc else np.asarray(result[n]) for n in finals
+    }

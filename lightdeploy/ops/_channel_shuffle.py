@@ -28,9 +28,22 @@ def shuffle_permutation(channels: int, groups: int) -> np.ndarray:
 
 
 def channel_shuffle_reference(x: torch.Tensor, groups: int) -> torch.Tensor:
-    """Plain tensor code (torchvision's form); also the decomposition used for TFLite."""
+    """Plain tensor code (torchvision's form), the plain decomposition."""
     n, c, h, w = x.shape
     return x.reshape(n, groups, c // groups, h, w).transpose(1, 2).reshape(n, c, h, w)
+
+
+def channel_shuffle_channel_last(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """The same permutation written on the NHWC view: the TFLite decomposition.
+
+    litert-torch runs convolutions channel-last; on the reference form its layout pass brackets the
+    5-D reshape with TRANSPOSEs to NCHW and back (three per shuffle).  Written channel-last, the outer
+    permutes cancel the pass's own and one TRANSPOSE of the last two axes remains
+    (docs/measurements.md#tflite-nms: SNet49 at 320, 50 -> 20 TRANSPOSEs).  Data movement only: exact.
+    """
+    n, c, h, w = x.shape
+    y = x.permute(0, 2, 3, 1).reshape(n, h, w, groups, c // groups).transpose(3, 4).reshape(n, h, w, c)
+    return y.permute(0, 3, 1, 2)
 
 
 @torch.library.custom_op(OP_NAME, mutates_args=())
@@ -97,3 +110,4 @@ ONNX_VARIANTS = {
 }
 # Plain-tensor bodies for converters that cannot take a custom op (litert-torch).
 DECOMPOSITIONS = {torch.ops.lightdeploy.channel_shuffle.default: channel_shuffle_reference}
+TFLITE_DECOMPOSITIONS = {torch.ops.lightdeploy.channel_shuffle.default: channel_shuffle_channel_last}

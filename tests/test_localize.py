@@ -207,7 +207,7 @@ def test_tflite_wrong_decomposition_is_found_in_its_block(tmp_path, monkeypatch)
 
     monkeypatch.setattr(convert, "_FLOAT_CACHE", {})  # a cached good conversion would hide the planted fault
     op = torch.ops.lightdeploy.channel_shuffle.default
-    monkeypatch.setitem(_channel_shuffle.DECOMPOSITIONS, op, wrong_shuffle_tensor)
+    monkeypatch.setitem(_channel_shuffle.TFLITE_DECOMPOSITIONS, op, wrong_shuffle_tensor)  # the TFLite form
     with pytest.raises(ParityError):
         export_module(tiny_classifier, task="classify", input_size=SIZE, targets=("tflite",), out=tmp_path)
     (folder,) = [p for p in tmp_path.iterdir() if p.name.startswith("tiny_classifier-tflite-fp32")]

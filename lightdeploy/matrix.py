@@ -261,13 +261,9 @@ def write_json(cells: list[MatrixCell], path: Path, meta: dict) -> None:
     os.replace(partial, path)
 
 
-def read_json(path: Path) -> list[MatrixCell]:
-    """Cells of an earlier run (``--resume``); unknown keys from another version are dropped."""
-    return read_run(path)[0]
-
-
 def read_run(path: Path) -> tuple[list[MatrixCell], dict]:
-    """An earlier run's cells and its meta (date, command, machine, versions)."""
+    """An earlier run's cells (``--resume``; unknown keys from another version are dropped) and its meta
+    (date, command, machine, versions)."""
     names = {f.name for f in fields(MatrixCell)}
     data = json.loads(path.read_text())
     cells = [MatrixCell(**{k: v for k, v in c.items() if k in names}) for c in data["cells"]]

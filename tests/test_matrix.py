@@ -27,7 +27,7 @@ def test_cli_writes_table_json_markdown_and_plot(tmp_path: Path):
     )
     assert r.returncode == 0, r.stderr
     assert "lightdeploy matrix" in r.stdout and "openvino/fp32" in r.stdout
-    cells = matrix.read_json(files["json"])
+    cells, _ = matrix.read_run(files["json"])
     assert [(c.target, c.precision, c.status) for c in cells] == [
         ("onnx", "fp32", "pass"),
         ("openvino", "fp32", "pass"),

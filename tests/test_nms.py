@@ -285,6 +285,16 @@ class FixedNMSModule(torch.nn.Module):
         return {"keep": keep, "num_kept": num_kept}
 
 
+def convert_to_tflite(module, args: dict) -> bytes:
+    """``module`` converted by litert-torch with the exporter's decompositions (and builtin lowerings)."""
+    litert_torch = pytest.importorskip("litert_torch")
+    from lightdeploy.exporters.tflite.convert import _decompositions
+
+    with _decompositions(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return bytes(litert_torch.convert(module.eval(), (), args).model_content())
+
+
 @pytest.mark.slow
 def test_tflite_nms_fixed_equals_eager(monkeypatch):
     """The plain decomposition (what the exporter uses when litert-torch offers no builtin lowering,
@@ -292,22 +302,17 @@ def test_tflite_nms_fixed_equals_eager(monkeypatch):
     duplicates, zero-area boxes and fewer boxes left than output slots."""
     import contextlib
 
-    litert_torch = pytest.importorskip("litert_torch")
     interpreter = pytest.importorskip("ai_edge_litert.interpreter")
     from lightdeploy.exporters.tflite import builtins
-    from lightdeploy.exporters.tflite.convert import _decompositions
+    from lightdeploy.exporters.tflite.flatbuffer import list_ops
 
     monkeypatch.setattr(builtins, "registered", lambda: contextlib.nullcontext(False))
 
     n, max_output = 300, 40
     boxes, scores = random_boxes(n, seed=10)
-    with _decompositions(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        edge = litert_torch.convert(FixedNMSModule(0.5, max_output).eval(), (), {"boxes": boxes, "scores": scores})
-    from lightdeploy.exporters.tflite.flatbuffer import list_ops
-
-    assert "NON_MAX_SUPPRESSION_V5" not in list_ops(bytes(edge.model_content()))
-    runner = interpreter.Interpreter(model_content=bytes(edge.model_content())).get_signature_runner()
+    model = convert_to_tflite(FixedNMSModule(0.5, max_output), {"boxes": boxes, "scores": scores})
+    assert "NON_MAX_SUPPRESSION_V5" not in list_ops(model)
+    runner = interpreter.Interpreter(model_content=model).get_signature_runner()
     same = torch.tensor([[10.0, 10, 20, 20]]).repeat(n, 1)
     inputs = [
         (boxes, scores),

@@ -5,12 +5,10 @@ and the converted graph uses the builtin and equals eager in LiteRT."""
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import pytest
 import torch
-from test_nms import CASES, IDS, FixedNMSModule, random_boxes, reference_nms
+from test_nms import CASES, IDS, FixedNMSModule, convert_to_tflite, random_boxes, reference_nms
 
 import lightdeploy.ops
 from lightdeploy.ops import _nms as nms_ops
@@ -74,16 +72,6 @@ def test_tflite_table_uses_the_builtin_form_only_with_kernels():
 
 
 # --------------------------------------------------------------------------------------- TFLite
-def convert(module, args: dict) -> bytes:
-    litert_torch = pytest.importorskip("litert_torch")
-    pytest.importorskip("ai_edge_litert.interpreter")
-    from lightdeploy.exporters.tflite.convert import _decompositions
-
-    with _decompositions(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return bytes(litert_torch.convert(module.eval(), (), args).model_content())
-
-
 class KernelModule(torch.nn.Module):
     def __init__(self, threshold, max_output):
         super().__init__()
@@ -104,7 +92,7 @@ def test_converted_kernel_op_is_the_builtin_and_matches_its_eager_model():
 
     boxes, _ = random_boxes(50, seed=4)
     scores = torch.randperm(50, generator=torch.Generator().manual_seed(5)).to(torch.float32)  # distinct
-    model = convert(KernelModule(0.4, 12), {"boxes": boxes, "scores": scores})
+    model = convert_to_tflite(KernelModule(0.4, 12), {"boxes": boxes, "scores": scores})
     assert list_ops(model).get("NON_MAX_SUPPRESSION_V5") == 1
     runner = Interpreter(model_content=model).get_signature_runner()
     zero_area = boxes.clone()
@@ -142,7 +130,7 @@ def test_tflite_nms_fixed_on_the_builtin_equals_eager():
         (same, scores),
     ]
     for threshold in (0.5, 1.0):
-        model = convert(FixedNMSModule(threshold, max_output), {"boxes": boxes, "scores": scores})
+        model = convert_to_tflite(FixedNMSModule(threshold, max_output), {"boxes": boxes, "scores": scores})
         ops = list_ops(model)
         assert ops.get("NON_MAX_SUPPRESSION_V5") == (1 if threshold < 1 else None) and "ARG_MAX" not in ops
         runner = Interpreter(model_content=model).get_signature_runner()

@@ -8,8 +8,8 @@ litert-torch converts the traced eager model exactly (docs/design.md#backends). 
    passed as keyword ``image`` and the outputs are returned as a dict keyed by the manifest's output
    names (the converter names signature I/O after kwargs and dict keys; positional args and tuples
    would come out as ``args_0`` / ``output_0``).  Every 4-D output (a segmenter's logits) leaves the
-   file channel-last: the graph computes it NHWC, where a TRANSPOSE to NCHW at full resolution cost
-   BiSeNet a fifth of its latency (docs/measurements.md#tflite-bisenet).  The manifest keeps such an
+   file channel-last: the graph computes it NHWC, and a TRANSPOSE to NCHW at full resolution is a
+   large share of a segmenter's latency (docs/measurements.md#tflite-bisenet-layout).  The manifest keeps such an
    output's NCHW shape and marks ``file_layout: NHWC``; the runtime returns an NCHW view of it.  With
    ``--nhwc`` the input is channel-last too, and the outputs stay NHWC for the caller;
 3. ``litert_torch.convert`` with every custom op replaced by its body from

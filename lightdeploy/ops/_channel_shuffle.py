@@ -39,7 +39,7 @@ def channel_shuffle_channel_last(x: torch.Tensor, groups: int) -> torch.Tensor:
     litert-torch runs convolutions channel-last; on the reference form its layout pass brackets the
     5-D reshape with TRANSPOSEs to NCHW and back (three per shuffle).  Written channel-last, the outer
     permutes cancel the pass's own and one TRANSPOSE of the last two axes remains
-    (docs/measurements.md#tflite-nms: SNet49 at 320, 50 -> 20 TRANSPOSEs).  Data movement only: exact.
+    (docs/measurements.md#tflite-builtin-nms).  Data movement only: exact.
     """
     n, c, h, w = x.shape
     y = x.permute(0, 2, 3, 1).reshape(n, h, w, groups, c // groups).transpose(3, 4).reshape(n, h, w, c)

@@ -19,8 +19,8 @@ equal scores is its queue's; the eager form here takes them in index order.
 
 The op exists so the TFLite exporter can lower it to the builtin kernel (``exporters/tflite/
 builtins.py``: litert-torch turns a ``stablehlo.custom_call`` named ``tfl.<op>`` into that TFLite op).
-The unrolled decomposition in ``_nms.py`` costs O(max_output x N) small ops (ThunderNet: 300 picks,
-about 26 ops each); the kernel runs the greedy loop in C++ (docs/measurements.md#tflite-nms).
+The unrolled decomposition in ``_nms.py`` costs O(max_output x N) small ops, a few dozen per pick; the
+kernel runs the greedy loop in C++ (docs/measurements.md#tflite-builtin-nms).
 
 ``nms_fixed_builtin`` is ``nms_fixed`` (torchvision's semantics, ``_nms.py``) built on it, exactly:
 
@@ -35,8 +35,8 @@ about 26 ops each); the kernel runs the greedy loop in C++ (docs/measurements.md
   suppress nothing.  The kernel would select one forever, so each is replaced by a stand-in with the
   same rank: a G x G square at x = G * (2k + 2) (G = 2 max|coordinate| + 1, k its position), which
   overlaps no box (every other box ends before x = G, the stand-ins are G apart) and has IoU exactly
-  1 with itself.  (Finite coordinates only; merging the zero-area boxes back after the kernel instead
-  cost 1.4 ms at N = 2000, four times the kernel);
+  1 with itself (finite coordinates only).  Merging them back after the kernel instead is exact too,
+  but costs a [max_output, N] comparison (docs/measurements.md#tflite-builtin-nms);
 - IoU: the kernel computes the same float32 products, sum and quotient (in another operand order,
   which float addition and multiplication do not see);
 - padding: positions past the kept count become -1, as ``nms_fixed`` pads.

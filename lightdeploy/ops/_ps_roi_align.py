@@ -236,9 +236,9 @@ def ps_roi_align_tflite(
 ) -> torch.Tensor:
     """The TFLite decomposition: the same gather, with weight_y * weight_x folded into one weight per
     tap, so one MUL and one SUM over both tap axes run on the gathered values instead of two of each
-    (ThunderNet's 200 RoIs: 4.1 -> 2.5 ms in LiteRT, docs/measurements.md#tflite-nms).  The products
-    are rounded in another order than eager's, so it matches eager to float32 rounding (~1e-7
-    relative), not bit for bit.  Fixed grid only."""
+    (half the passes over the gathered values; docs/measurements.md#tflite-builtin-nms).  The products
+    are rounded in another order than eager's, so it matches eager to float32 rounding, not bit
+    for bit (tests/test_ps_roi_align.py holds it to 1e-5 relative).  Fixed grid only."""
     rows, batch_index, (index_y, weight_y), (index_x, weight_x) = _fixed_grid(
         input, boxes, pooled_height, pooled_width, spatial_scale, sampling_ratio
     )

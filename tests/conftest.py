@@ -16,6 +16,24 @@ pytest_plugins = ("pytester",)  # tests/test_testing_plugin.py runs small pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def pytest_configure(config):
+    """``--dist loadgroup`` keeps an ``xdist_group`` on one worker by renaming its tests' ``_nodeid``;
+    the module caches that share one export per group depend on it.  pytest 9.2 reads ids from ``_id``
+    instead, so with pytest-xdist <= 3.8 every group is silently split and exported twice: refuse."""
+    import xdist
+
+    if config.getoption("dist", "no") != "loadgroup":
+        return
+    pytest_version = tuple(int(v) for v in pytest.__version__.split(".")[:2])
+    xdist_version = tuple(int(v) for v in xdist.__version__.split(".")[:2])
+    if pytest_version >= (9, 2) and xdist_version <= (3, 8):
+        raise pytest.UsageError(
+            f"pytest {pytest.__version__} with pytest-xdist {xdist.__version__} ignores --dist loadgroup "
+            "(each worker would re-export what a group shares). Install the dev extra's pins: "
+            "pip install -e '.[cpu,dev]'."
+        )
+
+
 def registered(task: str | None = None) -> list[str]:
     """Registered names without aliases (an alias builds the same model as its target)."""
     from lightdeploy.models.registry import get_spec, list_models

@@ -41,6 +41,20 @@ def registered(task: str | None = None) -> list[str]:
     return [n for n in list_models(task) if get_spec(n).alias_of is None]
 
 
+def family_marks(name: str) -> list:
+    """``slow`` unless ``name`` is the first registered model of its family.
+
+    ONNX export, the reference every backend starts from, runs every registered model in the fast set.
+    The costlier backends and options (OpenVINO, TFLite conversions, TensorRT estimates, dynamic sizes)
+    run one model per family there: a family's other widths and depths share its ops.  The slow set
+    (``make test-all``) runs them all, and docs/matrix.md holds every model on every CPU backend."""
+    from lightdeploy.models.registry import get_spec
+
+    family = get_spec(name).family
+    first = next(n for n in registered() if get_spec(n).family == family)
+    return [] if name == first else [pytest.mark.slow]
+
+
 def small_size(spec) -> tuple[int, int]:
     """A small input that every feature map of the model can still be built from."""
     side = max(64, 2 * spec.stride)

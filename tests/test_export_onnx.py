@@ -6,7 +6,7 @@ import json
 
 import onnx
 import pytest
-from conftest import registered, small_size
+from conftest import family_marks, registered, small_size
 
 from lightdeploy.errors import UsageError
 from lightdeploy.models.registry import get_spec
@@ -51,7 +51,7 @@ def test_channel_shuffle_exports_as_gather(tmp_path):
     assert "Gather" in ops and "Transpose" not in ops
 
 
-@pytest.mark.parametrize("name", registered("segment"))
+@pytest.mark.parametrize("name", [pytest.param(n, marks=family_marks(n)) for n in registered("segment")])
 def test_segmenter_dynamic_size(name, tmp_path):
     """H and W symbolic in the graph, and the gate runs the photographs again at a second size."""
     spec = get_spec(name)

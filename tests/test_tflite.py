@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import quant_size, registered, small_size
+from conftest import family_marks, quant_size, registered, small_size
 
 from lightdeploy.errors import MissingDependencyError, ParityError, UsageError
 from lightdeploy.models.registry import get_spec
@@ -60,11 +60,14 @@ def exported_folder(name: str, precision: str, tmp_path_factory) -> Path:
 
 
 def _model_params():
-    """Every model, grouped per model so one worker converts it once.  The detectors run in the slow
-    set: a conversion and gate of each of the five takes 30-60 s here."""
+    """Every model, grouped per model so one worker converts it once.  The fast set converts one model
+    per family (``family_marks``) and no detector: a conversion and gate of each of the five detectors
+    takes 30-60 s here."""
     return [
         pytest.param(
-            n, marks=[pytest.mark.xdist_group(n)] + ([pytest.mark.slow] if get_spec(n).task == "detect" else [])
+            n,
+            marks=[pytest.mark.xdist_group(n)]
+            + ([pytest.mark.slow] if get_spec(n).task == "detect" else family_marks(n)),
         )
         for n in registered()
     ]

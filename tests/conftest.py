@@ -47,7 +47,7 @@ def family_marks(name: str) -> list:
     ONNX export, the reference every backend starts from, runs every registered model in the fast set.
     The costlier backends and options (OpenVINO, TFLite conversions, TensorRT estimates, dynamic sizes)
     run one model per family there: a family's other widths and depths share its ops.  The slow set
-    (``make test-all``) runs them all, and docs/matrix.md holds every model on every CPU backend."""
+    (``make test-all``) runs them all, and docs/matrix.md holds every model on every CPU backend at fp32."""
     from lightdeploy.models.registry import get_spec
 
     family = get_spec(name).family

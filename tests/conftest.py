@@ -20,10 +20,10 @@ def pytest_configure(config):
     """``--dist loadgroup`` keeps an ``xdist_group`` on one worker by renaming its tests' ``_nodeid``;
     the module caches that share one export per group depend on it.  pytest 9.2 reads ids from ``_id``
     instead, so with pytest-xdist <= 3.8 every group is silently split and exported twice: refuse."""
-    import xdist
-
     if config.getoption("dist", "no") != "loadgroup":
         return
+    import xdist  # only asked for with --dist: a run without pytest-xdist stays possible
+
     pytest_version = tuple(int(v) for v in pytest.__version__.split(".")[:2])
     xdist_version = tuple(int(v) for v in xdist.__version__.split(".")[:2])
     if pytest_version >= (9, 2) and xdist_version <= (3, 8):

@@ -39,7 +39,6 @@ from lightdeploy.runtimes.manifest import sha256
 from lightdeploy.runtimes.onnxruntime import OnnxRuntimeBackend
 
 SMALL = (64, 64)
-FAST_MODELS = {"mobilenetv2", "shufflenetv2"}
 # The estimates in every run: both precisions once and the shuffle family's fp16 (an int8 estimate
 # calibrates 198 crops at 224x224, about a minute beside the other worker).
 FAST_ESTIMATES = {("mobilenetv2", "fp16"), ("mobilenetv2", "int8"), ("shufflenetv2", "fp16")}
@@ -91,7 +90,7 @@ def test_operator_table_is_data_with_its_source():
 @pytest.mark.parametrize(
     "name",
     [
-        pytest.param(n, marks=() if n in FAST_MODELS or get_spec(n).task == "classify" else pytest.mark.slow)
+        pytest.param(n, marks=() if get_spec(n).task == "classify" else pytest.mark.slow)
         for n in list_models()
         if not get_spec(n).alias_of
     ],

@@ -162,13 +162,15 @@ def test_channel_shuffle_gathers_survive_openvino(fp32_artifact):
     assert run_parity(fp32_artifact).passed
 
 
-def test_channel_shuffles_run_as_openvino_shuffle_channels(fp32_artifact):
-    """Every shuffle Gather of shufflenetv2 (16 units) becomes OpenVINO's ShuffleChannels op (its
-    optimised kernel instead of the reference Gather); parity of the same artifact is tested above."""
+def test_channel_shuffles_are_folded_into_the_convolutions(fp32_artifact):
+    """Every shuffle Gather of shufflenetv2 (16 units) is folded into the convolutions after it
+    (exporters/onnx/permutations.py): the IR moves no channel one by one, neither as a Gather (the
+    reference kernel) nor as ShuffleChannels; parity of the same artifact is tested above."""
     info = __import__("json").loads((fp32_artifact / "manifest.json").read_text())["backend_info"]
     xml = (fp32_artifact / "model.xml").read_text()
-    assert info["openvino"]["shuffle_channels"] == 16 == xml.count('type="ShuffleChannels"')
-    assert 'type="Gather"' not in xml
+    assert info["openvino"]["channel_permutations_folded"]["gathers_removed"] == 16
+    assert info["openvino"]["shuffle_channels"] == 0
+    assert 'type="Gather"' not in xml and 'type="ShuffleChannels"' not in xml
 
 
 def test_permutation_gather_guard_on_a_tiny_graph(tmp_path):
@@ -201,6 +203,35 @@ def test_permutation_gather_guard_on_a_tiny_graph(tmp_path):
 
     assert guard_permutation_gathers(model) == 1
     np.testing.assert_allclose(run(model), want, atol=1e-4)
+
+
+def test_a_shuffle_the_fold_leaves_runs_as_shuffle_channels(tmp_path):
+    """A shuffle whose consumer needs the exact order (here the graph's output) stays a Gather in the
+    folded graph; the IR runs it as ShuffleChannels, with the same values."""
+    import onnx
+    import openvino as ov
+    from onnx import TensorProto, helper, numpy_helper
+
+    from lightdeploy.exporters.onnx.permutations import fold_channel_permutations
+    from lightdeploy.exporters.openvino.rewrites import shuffle_gathers_to_op
+    from lightdeploy.ops._channel_shuffle import shuffle_permutation
+
+    perm = shuffle_permutation(12, 3)
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Gather", ["r", "perm"], ["y"], axis=-3)],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 12, 3, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 12, 3, 3])],
+        initializer=[numpy_helper.from_array(perm, "perm")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    assert fold_channel_permutations(model)["gathers_removed"] == 0
+    onnx.save(model, str(tmp_path / "m.onnx"))
+    converted = ov.convert_model(str(tmp_path / "m.onnx"))
+    assert shuffle_gathers_to_op(converted) == 1
+    x = np.random.default_rng(1).standard_normal((1, 12, 3, 3)).astype(np.float32)
+    got = ov.Core().compile_model(converted, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})({"x": x})[0]
+    np.testing.assert_array_equal(got, np.maximum(x, 0)[:, perm])
 
 
 # ------------------------------------------------------------------------------------ the runtime

@@ -8,11 +8,14 @@ Precisions:
   weights stay FP32.
 
 The graph rewrites (``rewrites.py``) fix what OpenVINO computes differently from ONNX (a channel
-permutation folded the wrong way, unstable TopK) or slowly (channel-shuffle Gathers).
+permutation folded the wrong way, unstable TopK) or slowly (a channel-shuffle Gather left by the fold).
+Channel shuffles are folded into the convolutions before conversion (``exporters/onnx/permutations.py``):
+on channels-last tensors a shuffle moves single elements, no faster in int8 than in fp32.
 """
 
 from __future__ import annotations
 
+import copy
 import time
 from pathlib import Path
 
@@ -20,9 +23,11 @@ from lightdeploy.errors import UsageError, require
 from lightdeploy.exporters.base import ExportJob, ExportResult
 from lightdeploy.exporters.onnx.export import ONNX_FILE, write_onnx
 from lightdeploy.exporters.onnx.graph import graph_io
+from lightdeploy.exporters.onnx.permutations import fold_channel_permutations
 from lightdeploy.exporters.openvino import rewrites
 
 IR_FILE = "model.xml"
+FOLDED_ONNX_FILE = "model.rewritten.onnx"  # staged for convert_model, removed after
 WEIGHTS_KIND = {"fp32": "fp32", "fp16": "fp16", "int8": "int8 (quantised ops), fp32 (rest)"}
 
 
@@ -52,16 +57,27 @@ class OpenVinoExporter:
         onnx_info, proto = write_onnx(job, workdir)
         guarded = rewrites.guard_permutation_gathers(proto)
         if guarded:
-            onnx.save(proto, str(workdir / ONNX_FILE))  # model.onnx stays the exact file the IR is built from
+            onnx.save(proto, str(workdir / ONNX_FILE))  # model.onnx: the graph the IR is built from
             onnx_info["rewrites"] = {"gather_axis_made_negative": guarded, "why": rewrites.GUARD_WHY}
         inputs, outputs = graph_io(proto)
 
         t0 = time.perf_counter()
-        model = ov.convert_model(str(workdir / ONNX_FILE))
+        # The IR is built from model.onnx with its channel permutations folded (recorded, and redone by
+        # localisation to find the tensors they removed); the folded copy is not kept.
+        folded = copy.deepcopy(proto)
+        fold_counts = fold_channel_permutations(folded)
+        rewrites.guard_permutation_gathers(folded)
+        staged = workdir / FOLDED_ONNX_FILE
+        onnx.save(folded, str(staged))
+        try:
+            model = ov.convert_model(str(staged))
+        finally:
+            staged.unlink()
         info: dict = {
             "onnx": onnx_info,
             "openvino": {
                 "converted_from": ONNX_FILE,
+                "channel_permutations_folded": fold_counts,
                 "topk_made_stable": rewrites.stable_topk(model),
                 "shuffle_channels": rewrites.shuffle_gathers_to_op(model),
             },

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from lightdeploy.errors import UsageError
+from lightdeploy.localize.runners import run_onnxruntime, run_openvino
 from lightdeploy.modulepaths import node_scopes
 from lightdeploy.parity.gate import REFERENCE_DTYPE
 from lightdeploy.parity.inputs import BOTH, parity_inputs, to_batches
@@ -207,7 +208,7 @@ def _localize_impl(folder: Path, manifest: dict, model, images, tol: Tolerance, 
     if manifest["backend"] == "tflite":
         got, final, missing = _run_tflite(folder, manifest, model, wanted, x, threads)
     else:
-        run = _run_onnxruntime if manifest["backend"] == "onnxruntime" else _run_openvino
+        run = run_onnxruntime if manifest["backend"] == "onnxruntime" else run_openvino
         got, final, missing = run(folder, manifest, graph, sorted(set(wanted.values())), x, threads)
     own = _artifact_outputs(folder, manifest, x, threads)
     instrumented_max_abs, reliable, judged = _agreement(final, own, manifest["task"], tol)
@@ -308,63 +309,6 @@ def eager_module_outputs(model, x: np.ndarray, layout: str, dtype) -> tuple[dict
         else:
             kept[path] = value
     return kept, skipped
-
-
-def _run_onnxruntime(folder, manifest, graph, tensors: list[str], x, threads):
-    """ONNX Runtime on a copy of the graph that also returns ``tensors``: (values, final, missing)."""
-    from onnx import TensorProto, helper, shape_inference
-
-    from lightdeploy.runtimes.onnxruntime import OnnxRuntimeBackend
-
-    instrumented = copy.deepcopy(graph)
-    known = {vi.name: vi for vi in shape_inference.infer_shapes(instrumented).graph.value_info}
-    present = {o for n in instrumented.graph.node for o in n.output}
-    finals = {o.name for o in instrumented.graph.output}
-    missing = {t for t in tensors if t not in present}
-    for name in tensors:
-        if name in present and name not in finals:
-            # the inferred type when there is one; a float tensor of unknown shape otherwise
-            instrumented.graph.output.append(
-                known.get(name) or helper.make_tensor_value_info(name, TensorProto.FLOAT, None)
-            )
-    runtime = OnnxRuntimeBackend(instrumented.SerializeToString(), threads=threads)
-    try:
-        result = runtime.run({manifest["inputs"][0]["name"]: x})
-    finally:
-        runtime.close()
-    final = {o["name"]: result[o["name"]] for o in manifest["outputs"]}
-    return {t: result[t] for t in tensors if t not in missing}, final, missing
-
-
-def _run_openvino(folder, manifest, graph, tensors: list[str], x, threads):
-    """OpenVINO on the IR read with ``tensors`` added as outputs: (values, final, missing)."""
-    import openvino as ov
-
-    from lightdeploy.runtimes.openvino import DEVICE, INFERENCE_PRECISION
-
-    core = ov.Core()
-    model = core.read_model(str(folder / manifest["backend_file"]))
-    ports = {}
-    for op in model.get_ordered_ops():
-        for port in op.outputs():
-            for name in port.get_names():
-                ports.setdefault(name, port)
-    missing = {t for t in tensors if t not in ports}
-    found = [t for t in tensors if t in ports]
-    finals = [o["name"] for o in manifest["outputs"]]
-    if found:
-        model.add_outputs([ports[t] for t in found])
-    # Pinned to f32 as the artifact's runtime is (runtimes/openvino.py): the CPU plugin's default is bf16
-    # on some CPUs, which would charge the plugin's choice to the artifact.
-    config = {"INFERENCE_PRECISION_HINT": INFERENCE_PRECISION}
-    if threads:
-        config["INFERENCE_NUM_THREADS"] = threads
-    compiled = core.compile_model(model, DEVICE, config)
-    result = compiled({manifest["inputs"][0]["name"]: x})
-    final = {n: result[compiled.output(n)] for n in finals}
-    by_name = {name: port for port in compiled.outputs for name in port.get_names()}
-    values = {t: result[by_name[t]] for t in found}
-    return values, final, missing
 
 
 def _run_tflite(folder, manifest, model, wanted: dict[str, str], x, threads):

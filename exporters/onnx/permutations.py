@@ -172,7 +172,7 @@ class _Rewriter:
             self.made[("split", src)] = True
         return [self.made[("piece", src, a)] for a in cuts[cuts.index(start) : cuts.index(stop)]]
 
-    def exact(self, view: list[Channel], like, out: str | None = None) -> str:
+    def exact(self, view: list[Channel], like) -> str:
         """A real tensor with exactly the view's channels in the view's order."""
         import numpy as np
 
@@ -180,11 +180,8 @@ class _Rewriter:
         where = {ch: i for i, ch in enumerate(physical)}
         index = np.array([where[ch] for ch in view], np.int64)
         if len(index) == len(physical) and np.array_equal(index, np.arange(len(index))):
-            if out is None:
-                return name
-            self._emit(like, "Identity", [name], [out])
-            return out
-        out = out or self._fresh(like, "gather")
+            return name
+        out = self._fresh(like, "gather")
         self._emit(like, "Gather", [name, self._const(like, index)], [out], axis=1)
         self.counts["exact_gathers"] += 1
         return out

@@ -159,6 +159,27 @@ def test_a_graph_without_channel_gathers_is_left_alone():
     assert folded == model
 
 
+def test_constants_read_only_inside_a_subgraph_are_kept():
+    """The fold drops the constants nothing reads any more; one read inside an If branch is still read."""
+    perm = shuffle_permutation(4, 2)
+    branch = helper.make_graph(
+        [helper.make_node("Identity", ["c"], ["b"])],
+        "branch",
+        [],
+        [helper.make_tensor_value_info("b", TensorProto.FLOAT, [2])],
+    )
+    nodes = [
+        helper.make_node("Gather", ["x", "perm"], ["s"], axis=1),
+        helper.make_node("Conv", ["s", "w"], ["y"]),
+        helper.make_node("If", ["flag"], ["z"], then_branch=branch, else_branch=branch),
+    ]
+    inits = {"perm": perm, "w": weights(2, 4), "c": np.array([1.0, 2.0], np.float32), "flag": np.array(True)}
+    model = graph(nodes, 4, 2, inits)
+    model.graph.output.append(helper.make_tensor_value_info("z", TensorProto.FLOAT, [2]))
+    counts, ops = fold_and_compare(model)
+    assert ops == ["Conv", "If"] and counts["gathers_removed"] == 1
+
+
 def test_removed_tensors_are_rebuilt_from_the_folded_graph():
     """What localisation does: every tensor the fold removed, gathered from the folded graph's own."""
     c = 8

@@ -1,5 +1,5 @@
-"""Reading ONNX graphs: I/O entries for the manifest, constants, static shapes, and the nn.Module
-behind each node.
+"""Reading ONNX graphs: I/O entries for the manifest, constants, attributes, the names read, static
+shapes, and the nn.Module behind each node.
 
 The dynamo exporter records which nn.Module made each node in its ``metadata_props``
 (``pkg.torch.onnx.name_scopes``, e.g. ``['', 'stage2', 'stage2.0', ...]``, and
@@ -54,6 +54,28 @@ def graph_constants(graph) -> dict:
                 if a.name == "value":
                     consts[node.output[0]] = numpy_helper.to_array(a.t)
     return consts
+
+
+def node_attributes(node) -> dict:
+    """{name: value} of a node's attributes (strings decoded)."""
+    from onnx import helper
+
+    out = {}
+    for a in node.attribute:
+        v = helper.get_attribute_value(a)
+        out[a.name] = v.decode() if isinstance(v, bytes) else v
+    return out
+
+
+def names_read(graph) -> set[str]:
+    """Every tensor name a node of ``graph`` or of its subgraphs reads, and the graph outputs."""
+    names = {o.name for o in graph.output}
+    for n in graph.node:
+        names.update(n.input)
+        for a in n.attribute:
+            for sub in ([a.g] if a.HasField("g") else []) + list(a.graphs):
+                names |= names_read(sub)
+    return names
 
 
 def static_shapes(model) -> dict[str, tuple]:

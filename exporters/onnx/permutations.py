@@ -24,7 +24,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, field
 
-from lightdeploy.exporters.onnx.graph import graph_constants, static_shapes
+from lightdeploy.exporters.onnx.graph import graph_constants, names_read, node_attributes, static_shapes
 
 MOVES = frozenset({"Gather", "Split", "Concat"})  # ops that only move channels
 # Ops that act on each channel alone, with no per-channel parameters: they commute with a permutation.
@@ -71,9 +71,7 @@ class _Rewriter:
 
     def try_view(self, node) -> bool:
         """Record ``node``'s output as a view when it only moves channels; False to keep the node."""
-        from onnx import helper
-
-        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        attrs = node_attributes(node)
         op = node.op_type
         if op == "Gather" and self.is_channel_axis(attrs.get("axis", 0), node.input[0]):
             index = self.consts.get(node.input[1])
@@ -212,21 +210,14 @@ class _Rewriter:
         self.nodes.append(node)
 
     def _conv(self, node) -> bool:
-        import numpy as np
-        from onnx import helper
-
-        group = next((helper.get_attribute_value(a) for a in node.attribute if a.name == "group"), 1)
+        group = node_attributes(node).get("group", 1)
         weight = self.consts.get(node.input[1])
         view = self.views[node.input[0]]
         if weight is None or weight.ndim != 4:
             return False
         if group == 1 and weight.shape[1] == len(view):
-            name, physical = self.compact(view, node)
-            where = {ch: i for i, ch in enumerate(physical)}
-            folded = np.zeros((weight.shape[0], len(physical), *weight.shape[2:]), weight.dtype)
-            for j, ch in enumerate(view):
-                folded[:, where[ch]] += weight[:, j]
-            node.input[0], node.input[1] = name, self._const(node, folded)
+            node.input[0], folded = self._fold_columns(weight, view, node)
+            node.input[1] = self._const(node, folded)
             self.nodes.append(node)
             self.counts["convs_folded"] += 1
             return True
@@ -238,30 +229,33 @@ class _Rewriter:
 
     def _gemm(self, node) -> bool:
         """A Gemm reading a [N, C] view: its weight's C axis reordered (as ``_conv``'s columns)."""
-        import numpy as np
-        from onnx import helper
-
-        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        attrs = node_attributes(node)
         weight, view = self.consts.get(node.input[1]), self.views[node.input[0]]
         if attrs.get("transA", 0) or weight is None or weight.ndim != 2:
             return False
         columns = weight if attrs.get("transB", 0) else weight.T  # [out, C]
         if columns.shape[1] != len(view):
             return False
-        name, physical = self.compact(view, node)
-        where = {ch: i for i, ch in enumerate(physical)}
-        folded = np.zeros((columns.shape[0], len(physical)), weight.dtype)
-        for j, ch in enumerate(view):
-            folded[:, where[ch]] += columns[:, j]
-        node.input[0], node.input[1] = name, self._const(node, folded if attrs.get("transB", 0) else folded.T.copy())
+        node.input[0], folded = self._fold_columns(columns, view, node)
+        node.input[1] = self._const(node, folded if attrs.get("transB", 0) else folded.T.copy())
         self.nodes.append(node)
         self.counts["convs_folded"] += 1
         return True
 
+    def _fold_columns(self, weight, view: list[Channel], like):
+        """(the compact tensor of ``view``, ``weight`` [out, len(view), ...] with its input axis laid out
+        as that tensor's channels; the columns of a repeated channel are added)."""
+        import numpy as np
+
+        name, physical = self.compact(view, like)
+        where = {ch: i for i, ch in enumerate(physical)}
+        folded = np.zeros((weight.shape[0], len(physical), *weight.shape[2:]), weight.dtype)
+        for j, ch in enumerate(view):
+            folded[:, where[ch]] += weight[:, j]
+        return name, folded
+
     def _per_channel(self, node) -> bool:
         """Whether ``node`` treats each channel alone, with no parameters of its own per channel."""
-        from onnx import helper
-
         if node.op_type in POOLS:
             return len(node.output) == 1  # MaxPool's indices count channels
         if node.op_type in ELEMENTWISE:
@@ -269,8 +263,7 @@ class _Rewriter:
         if node.op_type not in REDUCES:
             return False
         shape = self.shapes.get(node.input[0])
-        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-        axes = attrs.get("axes")
+        axes = node_attributes(node).get("axes")
         if axes is None and len(node.input) > 1 and node.input[1]:
             axes = self.consts.get(node.input[1])
         if axes is None or shape is None or len(axes) == 0:
@@ -375,7 +368,7 @@ def _rewrite(model, consts, outputs, consumers, cuts) -> _Rewriter:
 
 
 def _drop_unused(model) -> None:
-    used = {i for n in model.graph.node for i in n.input} | {o.name for o in model.graph.output}
+    used = names_read(model.graph)
     keep = [t for t in model.graph.initializer if t.name in used]
     del model.graph.initializer[:]
     model.graph.initializer.extend(keep)

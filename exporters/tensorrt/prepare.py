@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from lightdeploy.exporters.onnx.graph import graph_constants, static_shapes
+from lightdeploy.exporters.onnx.graph import graph_constants, names_read, node_attributes, static_shapes
 from lightdeploy.exporters.tensorrt.support import NMS_TOPK_LIMIT_SM53, TOPK_MAX_K
 
 LOWEST_FLOAT32 = float(np.finfo(np.float32).min)
@@ -75,20 +75,9 @@ def _replace(model, node, emitter: _Emitter) -> None:
     at = nodes.index(node)
     del model.graph.node[:]
     model.graph.node.extend(nodes[:at] + emitter.nodes + nodes[at + 1 :])
-    used = _names_read(model.graph)
+    used = names_read(model.graph)
     for init in [i for i in model.graph.initializer if i.name in node.input and i.name not in used]:
         model.graph.initializer.remove(init)
-
-
-def _names_read(graph) -> set[str]:
-    """Every tensor name a node of ``graph`` or of its subgraphs reads, and the graph outputs."""
-    names = {o.name for o in graph.output}
-    for n in graph.node:
-        names.update(n.input)
-        for a in n.attribute:
-            for sub in ([a.g] if a.HasField("g") else []) + list(a.graphs):
-                names |= _names_read(sub)
-    return names
 
 
 # ------------------------------------------------------------------------------------ NMS threshold
@@ -134,7 +123,6 @@ def _topk_chain(e: _Emitter, x: str, k: int, axis: int, largest: int, outputs=No
 
 def split_large_topk(model, max_k: int = TOPK_MAX_K) -> list[str]:
     """Rewrite every float TopK whose constant K is >= ``max_k`` as a chain (module docstring)."""
-    from onnx import helper
 
     consts, changed = graph_constants(model.graph), []
     for node in list(model.graph.node):
@@ -143,7 +131,7 @@ def split_large_topk(model, max_k: int = TOPK_MAX_K) -> list[str]:
         k = int(consts[node.input[1]].reshape(-1)[0])
         if k < max_k:
             continue
-        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        attrs = node_attributes(node)
         e = _Emitter(model.graph, node.name or "topk")
         outputs = [o or e.name("unused") for o in list(node.output) + [""] * (2 - len(node.output))]
         _topk_chain(e, node.input[0], k, attrs.get("axis", -1), attrs.get("largest", 1), outputs)

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from lightdeploy.exporters.onnx.graph import node_attributes
+
 SOURCE = {
     "document": "onnx/onnx-tensorrt docs/operators.md",
     "tensorrt_version": "10.15",
@@ -145,16 +147,6 @@ NMS_TOPK_LIMIT_SM53 = 2000  # SM 5.3 / 6.2: Jetson Nano, TX1, TX2
 STANDARD_DOMAINS = ("", "ai.onnx")
 
 
-def _attrs(node) -> dict:
-    from onnx import helper
-
-    out = {}
-    for a in node.attribute:
-        v = helper.get_attribute_value(a)
-        out[a.name] = v.decode() if isinstance(v, bytes) else v
-    return out
-
-
 @dataclass
 class GraphFacts:
     """What the rules may look up about a node's graph."""
@@ -166,7 +158,7 @@ class GraphFacts:
 
 def check_node(node, facts: GraphFacts, opset: int) -> list[tuple[str, str]]:
     """Problems of one node."""
-    op, a = node.op_type, _attrs(node)
+    op, a = node.op_type, node_attributes(node)
     if node.domain not in STANDARD_DOMAINS:
         return [
             (

@@ -3,9 +3,10 @@ modules in float when it misses the int8 row.
 
 Every INT8 exporter (OpenVINO, TFLite, the TensorRT QDQ model) quantises with its shipped settings,
 then measures the gate's own tensor metric, the worst logits cosine, on a *validation set* of its own
-shaped like the gate's cosine inputs: the bundled photographs mirrored (the gate judges them unmirrored;
-the calibration set has them unmirrored and as random crops) plus random tensors with a seed of their
-own (the gate's worst cosine includes random tensors too).  Zoomed crops ranked range settings
+shaped like the gate's int8 cosine inputs: the bundled photographs mirrored (the gate judges them
+unmirrored; the calibration set has them unmirrored and as random crops).  No noise tensors: the int8
+row does not gate them (parity/inputs.py), and chasing them kept layers float that real images do not
+need (docs/measurements.md#int8-noise).  Zoomed crops ranked range settings
 differently from the gate's whole photographs (docs/measurements.md#int8-trained).  When the
 worst cosine is under ``TARGET_COSINE``, the exporter's own candidates are measured (other range
 estimators; then each quantised module kept in float alone), and the most sensitive modules are kept
@@ -21,10 +22,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from lightdeploy.logs import Count
 from lightdeploy.numerics import cosine
 
-VALIDATION_RANDOM = 4  # as many as the gate's
-RANDOM_SEED = 4321  # not the gate's random tensors' (1234)
 # The int8 row's cosine (0.98, parity/tolerances.py) plus a margin for the gate's inputs not being the
 # validation inputs: layers chosen for their validation cosine score lower on the gate's (by up to 0.007,
 # docs/measurements.md#int8-trained).  tests/test_int8control.py keeps it above the row.
@@ -59,7 +59,7 @@ def controlled(job) -> bool:
 
 
 def validation_set(job) -> Validation:
-    """Mirrored photographs and random tensors for ``job``, with eager float32 outputs as the reference."""
+    """Mirrored photographs for ``job``, with eager float32 outputs as the reference."""
     import torch
 
     from lightdeploy.samples import preprocessed, sample_photographs
@@ -67,10 +67,6 @@ def validation_set(job) -> Validation:
     pre = job.preprocessing()
     mirrored = {f"{name} mirrored": np.ascontiguousarray(img[:, ::-1]) for name, img in sample_photographs().items()}
     arrays = dict(preprocessed(mirrored, pre))
-    shape = next(iter(arrays.values())).shape
-    rng = np.random.default_rng(RANDOM_SEED)
-    for i in range(VALIDATION_RANDOM):
-        arrays[f"random{i}"] = rng.standard_normal(shape).astype(np.float32)
     batch, nhwc = job.options.batch, job.options.nhwc
     inputs = [np.repeat(a, batch, axis=0) for a in arrays.values()]
     reference = []
@@ -91,6 +87,7 @@ def restore_float(
     target: float = TARGET_COSINE,
     budget: int = MAX_FLOAT_MODULES,
     rerank: bool = False,
+    count: Count | None = None,
 ) -> dict:
     """Keep modules float greedily, most sensitive first, until ``measure`` reaches ``target``.
 
@@ -100,9 +97,13 @@ def restore_float(
     a pass over the candidates per step) instead of the next most sensitive alone; single gains need
     not add up (docs/measurements.md#int8-trained).  Returns the decision for the manifest:
     ``float_modules`` (the best set measured, possibly empty), its ``worst_cosine``, whether the target
-    was ``reached``, and the measurements.
+    was ``reached``, and the measurements.  ``count(done, total, what)``: progress over the candidates.
     """
-    single = {c: measure((c,)) for c in candidates}
+    single = {}
+    for done, c in enumerate(candidates, 1):
+        single[c] = measure((c,))
+        if count:
+            count(done, len(candidates), "layers measured in float")
     if rerank:
         return _reranked(measure, candidates, start, single, target, budget)
     ranked = sorted(single, key=single.get, reverse=True)
@@ -151,8 +152,7 @@ def decision(start: float, **facts) -> dict:
     """The manifest entry of a quantisation that was measured (``facts``: what was tried and chosen)."""
     return {
         "metric": "worst logits cosine vs eager float32 on the validation set",
-        "validation": f"the bundled photographs mirrored and {VALIDATION_RANDOM} random N(0, 1) tensors "
-        f"(seed {RANDOM_SEED})",
+        "validation": "the bundled photographs mirrored",
         "target": TARGET_COSINE,
         "shipped_settings": round(start, 4),
         **facts,

@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 VERBOSE_ENV = "LIGHTDEPLOY_VERBOSE"
 
-Count = Callable[[int, int, str], None]  # (done, total, what is counted): a long loop's progress
+Count = Callable[[int, int, str], None]  # (done, total or 0 if unknown, what is counted): a long loop's progress
 
 
 def count_of(progress) -> Count | None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar, runtime_checkable
 
@@ -129,6 +129,12 @@ class RuntimeBase:
 
     def _check_feeds(self, feeds: dict[str, np.ndarray]) -> None:
         names = {t.name for t in self.inputs}
+        if not isinstance(feeds, Mapping):
+            example = ", ".join(f"{n!r}: array" for n in sorted(names))
+            raise UsageError(
+                f"run() takes a dict of the model's inputs by name; got {type(feeds).__name__}. "
+                f"Call run({{{example}}})."
+            )
         if set(feeds) != names:
             raise UsageError(
                 f"The {self.backend} model takes inputs {sorted(names)}; got {sorted(feeds)}. "

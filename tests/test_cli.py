@@ -272,6 +272,17 @@ def test_progress_counts_redraw_on_a_terminal_and_close_the_stage_in_a_log(capsy
         assert out.count("3/3 runs") == terminal and out.count("\r") == 4 * terminal
 
 
+def test_progress_counts_without_a_known_total(capsys, monkeypatch):
+    """NNCF's accuracy control does not say in advance how many evaluations it runs: the count alone."""
+    from lightdeploy.cli import common
+
+    monkeypatch.setattr(type(common.err), "is_terminal", property(lambda self: True))
+    progress = common.Progress()
+    progress("exporting to openvino (int8)")
+    progress.count(7, 0, "accuracy-control evaluations")
+    assert "… exporting to openvino (int8)  7 accuracy-control evaluations" in capsys.readouterr().err
+
+
 def test_bench_table_fits_80_columns():
     from rich.console import Console
 

@@ -6,8 +6,6 @@ import numpy as np
 import pytest
 
 from lightdeploy import int8control
-from lightdeploy.calibration import CALIB_SEED
-from lightdeploy.parity.inputs import GATE_SEED, RANDOM_SEED
 from lightdeploy.parity.tolerances import tolerance_for
 
 
@@ -16,8 +14,20 @@ def test_the_target_is_above_every_int8_cosine_row():
         assert int8control.TARGET_COSINE > tolerance_for(backend, "int8").cosine_min
 
 
-def test_the_validation_random_tensors_are_not_the_gates():
-    assert int8control.RANDOM_SEED not in (RANDOM_SEED, CALIB_SEED, GATE_SEED)
+def test_the_validation_set_is_the_photographs_mirrored():
+    """What the int8 row gates (photographs), not the same images, and no noise (parity/inputs.py)."""
+    from lightdeploy.exporters.base import ExportOptions
+    from lightdeploy.factory import create_model
+    from lightdeploy.jobs import make_job
+    from lightdeploy.models.registry import get_spec
+    from lightdeploy.samples import sample_photographs
+
+    name = "mobilenetv2_x0.35"
+    options = ExportOptions(target="openvino", precision="int8", input_size=(32, 32))
+    job = make_job(get_spec(name), create_model(name, input_size=(32, 32)), options)
+    validation = int8control.validation_set(job)
+    assert validation.names == [f"{n} mirrored" for n in sample_photographs()]
+    assert all(len(ref) == 1 and ref[0].shape == (1, 1000) for ref in validation.reference)
 
 
 def test_restore_float_keeps_the_most_sensitive_first_and_stops_at_the_target():
@@ -52,7 +62,9 @@ def test_restore_float_reports_a_miss_within_the_budget():
 
 
 def test_restore_float_keeps_nothing_when_nothing_helps():
-    decision = int8control.restore_float(lambda names: 0.9, ["a", "b"], 0.95)
+    counted = []
+    decision = int8control.restore_float(lambda names: 0.9, ["a", "b"], 0.95, count=lambda *c: counted.append(c))
+    assert counted == [(1, 2, "layers measured in float"), (2, 2, "layers measured in float")]
     assert decision["float_modules"] == [] and not decision["reached"] and decision["worst_cosine"] == 0.95
 
 

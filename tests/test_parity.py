@@ -80,6 +80,34 @@ def test_int8_judges_top1_only_where_margin_is_clear():
     assert report.passed and report.task_info["judged_inputs"] == 1
 
 
+@pytest.mark.parametrize("precision,noise_role", [("fp32", "tensor"), ("fp16", "tensor"), ("int8", "reported")])
+def test_noise_inputs_are_gated_except_at_int8(precision, noise_role):
+    """int8 ranges are calibrated on photographs: N(0, 1) noise is reported there, gated elsewhere."""
+    from lightdeploy.parity.inputs import RANDOM_INPUTS, parity_inputs
+
+    pre = {"size": [32, 32], "mean": [0.5] * 3, "std": [0.25] * 3, "scale": 1 / 255}
+    manifest = {"preprocessing": pre, "task": "segment", "precision": precision, "inputs": [{"shape": [1, 3, 32, 32]}]}
+    roles = {p.name: p.role for p in parity_inputs(manifest)}
+    assert [roles[f"random{i}"] for i in range(RANDOM_INPUTS)] == [noise_role] * RANDOM_INPUTS
+    assert {r for n, r in roles.items() if not n.startswith("random")} == {"both"}
+
+
+def test_reported_inputs_are_shown_but_not_judged():
+    """A noise input far off at int8 leaves the verdict to the photographs, and is reported with a note;
+    the same outputs with the noise gated fail."""
+    rng = np.random.default_rng(1)
+    ref = [rng.standard_normal((1, 10)).astype(np.float32) for _ in range(3)]
+    out = [ref[0] + 1e-3, ref[1] + 1e-3, -ref[2]]  # the third input (noise) is badly off
+    args = ({"logits": ref}, {"logits": out}, _manifest("classify", "int8"), tolerance_for("openvino", "int8"))
+    report = compare(*args, ["photo", "photo2", "random0"], roles=["both", "both", "reported"])
+    assert report.passed, report.summary()
+    assert report.outputs["logits"]["cosine"] > 0.999
+    assert report.outputs["logits"]["reported_inputs"]["cosine"] == pytest.approx(-1.0)
+    assert any("1 N(0, 1) noise inputs reported, not gated, at int8" in n for n in report.notes)
+    gated = compare(*args, ["photo", "photo2", "random0"], roles=["both", "both", "tensor"])
+    assert not gated.passed and "reported_inputs" not in gated.outputs["logits"]
+
+
 def test_reports_are_written(tmp_path):
     ref = [np.ones((1, 3), np.float32)]
     report = compare(

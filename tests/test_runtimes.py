@@ -96,6 +96,8 @@ def test_wrong_input_shape_and_dtype(classifier_artifact):
         model.infer({"x": np.zeros((1, 3, 64, 64), np.float32)})
     with pytest.raises(UsageError, match="HxWx3 uint8"):
         model.predict(np.zeros((10, 10, 3), np.float32))
+    with pytest.raises(UsageError, match=r"run\(\) takes a dict .* got ndarray. Call run\(\{'image': array\}\)"):
+        model.runtime.run(np.zeros((1, 3, 64, 64), np.float32))
 
 
 def test_manifest_records_what_design_asks(classifier_artifact):

@@ -204,7 +204,11 @@ def accuracy_control(qdq, pre: Path, qdq_path: Path, input_name: str, batches, j
     # Re-ranked: layers chosen by their gain alone stalled at 0.985 on trained MobileNetV2, together 0.990
     # (TFLite's fallback stays unranked: its re-ranked choice lost top-1 on crops, measurements.md).
     restored = int8control.restore_float(
-        lambda layers: worst(without_qdq(qdq, float_model, layers)), quantized_layers(qdq), score, rerank=True
+        lambda layers: worst(without_qdq(qdq, float_model, layers)),
+        quantized_layers(qdq),
+        score,
+        rerank=True,
+        count=job.count,
     )
     nodes = {n.name: n for n in qdq.graph.node}
     restored["modules"] = [node_module(nodes[n]) or n for n in restored["float_modules"]]

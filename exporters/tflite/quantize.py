@@ -202,7 +202,7 @@ def accuracy_control(model: bytes, out: bytes, retargeted, job: ExportJob, qsvs,
     def measure(chosen) -> float:
         return validation.worst(_runner(_quantize(model, job, qsvs, (*float_scopes, *chosen))[0], job))
 
-    restored = int8control.restore_float(measure, list(scopes), score)
+    restored = int8control.restore_float(measure, list(scopes), score, count=job.count)
     chosen = restored["float_modules"]
     decision.update(restored)
     decision["float_modules"] = [scopes[s] for s in chosen]

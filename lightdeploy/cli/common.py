@@ -72,7 +72,8 @@ class Progress:
         now = time.perf_counter()
         if self.quiet or not err.is_terminal or (done < total and now - self.drawn < self.REDRAW_S):
             return
-        err.file.write(f"\r\x1b[2m… {self.stage}  {done}/{total} {what}\x1b[0m\x1b[K")
+        amount = f"{done}/{total}" if total > 0 else str(done)  # total 0: not known in advance
+        err.file.write(f"\r\x1b[2m… {self.stage}  {amount} {what}\x1b[0m\x1b[K")
         err.file.flush()
         self.drawn = now
 

@@ -16,7 +16,7 @@ import torch
 
 from lightdeploy.logs import Count
 from lightdeploy.parity.estimate import Estimator
-from lightdeploy.parity.inputs import BOTH, TASK, TENSOR, parity_inputs, to_batches
+from lightdeploy.parity.inputs import BOTH, REPORTED, TASK, TENSOR, parity_inputs, to_batches
 from lightdeploy.parity.metrics import (
     NOISE_FLOOR_FACTOR,
     TASK_JUDGED_OUTPUTS,
@@ -140,8 +140,9 @@ def compare(
 ) -> ParityReport:
     """Judge ``artifact`` against the float64 ``eager`` outputs.
 
-    ``roles``: each batch's role (``inputs.BOTH`` / ``TASK`` / ``TENSOR``: which metrics it serves;
-    default: both for every batch).
+    ``roles``: each batch's role (``inputs.BOTH`` / ``TASK`` / ``TENSOR`` / ``REPORTED``: which metrics
+    it serves; default: both for every batch).  ``REPORTED`` batches are judged by nothing: their tensor
+    stats go into the report as ``OUTPUT["reported_inputs"]``, with a note.
 
     ``eager32`` (eager PyTorch in float32) measures each output's reference noise floor: how far a
     float32 evaluation of the same model already is from the exact one.  An fp32 artifact may not be
@@ -151,15 +152,18 @@ def compare(
     checks, stats = [], {}
     roles = roles or [BOTH] * len(next(iter(eager.values())))
 
-    def serving(outputs: Outputs | None, excluded: str) -> Outputs | None:
+    def serving(outputs: Outputs | None, *served: str) -> Outputs | None:
         return (
-            None
-            if outputs is None
-            else {n: [v for v, r in zip(vs, roles) if r != excluded] for n, vs in outputs.items()}
+            None if outputs is None else {n: [v for v, r in zip(vs, roles) if r in served] for n, vs in outputs.items()}
         )
 
-    task_eager, task_artifact = serving(eager, TENSOR), serving(artifact, TENSOR)
-    eager, artifact, eager32 = serving(eager, TASK), serving(artifact, TASK), serving(eager32, TASK)
+    task_eager, task_artifact = serving(eager, BOTH, TASK), serving(artifact, BOTH, TASK)
+    reported = _reported_stats(serving(eager, REPORTED), serving(artifact, REPORTED))
+    eager, artifact, eager32 = (
+        serving(eager, BOTH, TENSOR),
+        serving(artifact, BOTH, TENSOR),
+        serving(eager32, BOTH, TENSOR),
+    )
     judged_by_task = TASK_JUDGED_OUTPUTS.get(manifest["task"], ())
     for name, ref in eager.items():
         got = artifact[name]
@@ -178,8 +182,15 @@ def compare(
     task_info: dict = {}
     if task_fn is not None:
         task_checks, task_info = task_fn(task_eager, task_artifact, tol, list(eager))
-        task_info["judged_batches"] = sum(r != TENSOR for r in roles)
+        task_info["judged_batches"] = sum(r in (BOTH, TASK) for r in roles)
         checks += task_checks
+    notes = []
+    for name, values in reported.items():
+        stats.setdefault(name, {})["reported_inputs"] = values
+        notes.append(
+            f"{name}: {roles.count(REPORTED)} N(0, 1) noise inputs reported, not gated, at {manifest['precision']} "
+            f"(worst cosine {values['cosine']:.4f}): its ranges are calibrated on photographs (docs/design.md#parity)"
+        )
     return ParityReport(
         artifact=artifact_name or manifest["model"],
         model=manifest["model"],
@@ -190,4 +201,14 @@ def compare(
         outputs=stats,
         checks=checks,
         task_info=task_info,
+        notes=notes,
     )
+
+
+def _reported_stats(eager: Outputs, artifact: Outputs) -> dict[str, dict]:
+    """Tensor stats of the floating-point outputs over the ``REPORTED`` inputs (none: empty)."""
+    return {
+        name: tensor_stats(ref, [g.astype(np.float32) for g in artifact[name]])
+        for name, ref in eager.items()
+        if ref and np.issubdtype(ref[0].dtype, np.floating)
+    }

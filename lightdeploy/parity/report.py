@@ -105,6 +105,8 @@ def render_table(report: ParityReport):
         table.add_column(col, overflow="fold")
     for name, s in report.outputs.items():
         table.add_row(name, "max abs / max rel", f"{s['max_abs']:.3g} / {s['max_rel']:.3g}", "", "")
+        if "reported_inputs" in s:  # noise at a calibrated precision (parity/inputs.py)
+            table.add_row(name, "cosine on noise (not gated)", f"{s['reported_inputs']['cosine']:.6g}", "", "reported")
     for c in report.checks:
         table.add_row(
             c.subject,

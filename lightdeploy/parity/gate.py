@@ -184,13 +184,17 @@ def compare(
         task_checks, task_info = task_fn(task_eager, task_artifact, tol, list(eager))
         task_info["judged_batches"] = sum(r in (BOTH, TASK) for r in roles)
         checks += task_checks
-    notes = []
     for name, values in reported.items():
         stats.setdefault(name, {})["reported_inputs"] = values
-        notes.append(
-            f"{name}: {roles.count(REPORTED)} N(0, 1) noise inputs reported, not gated, at {manifest['precision']} "
-            f"(worst cosine {values['cosine']:.4f}): its ranges are calibrated on photographs (docs/design.md#parity)"
-        )
+    shown = [f"{n} worst cosine {v['cosine']:.4f}" for n, v in reported.items() if n not in judged_by_task]
+    notes = (
+        [
+            f"the N(0, 1) noise inputs are reported, not gated, at {manifest['precision']} ({', '.join(shown)}): "
+            "its ranges are calibrated on photographs (docs/design.md#parity)"
+        ]
+        if shown
+        else []
+    )
     return ParityReport(
         artifact=artifact_name or manifest["model"],
         model=manifest["model"],

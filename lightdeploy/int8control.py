@@ -41,13 +41,18 @@ class Validation:
     inputs: list[np.ndarray]  # as the artifact takes them (batched, layout)
     names: list[str]
     reference: list[list[np.ndarray]]  # eager float32 outputs per input
+    # The outputs scored, by position: the floating-point ones, as the gate's cosine takes them.  A class
+    # map or label output is judged by the task metric; its cosine measures nothing (a segmenter's mask
+    # scored 0.96 where its logits scored 0.9997, and accuracy control chased it; measurements.md#int8-noise).
+    judged: tuple[int, ...] | None = None  # None: every output
 
     def scores(self, run: Run, indices: Sequence[int] | None = None) -> list[float]:
-        """Worst cosine over the outputs, per input (``indices``: a subset)."""
+        """Worst cosine over the judged outputs, per input (``indices``: a subset)."""
         out = []
         for i in range(len(self.inputs)) if indices is None else indices:
-            got = run(self.inputs[i])
-            out.append(min(cosine(a, b) for a, b in zip(got, self.reference[i])))
+            got, ref = run(self.inputs[i]), self.reference[i]
+            judged = range(len(ref)) if self.judged is None else self.judged
+            out.append(min(cosine(got[k], ref[k]) for k in judged))
         return out
 
     def worst(self, run: Run) -> float:
@@ -69,14 +74,15 @@ def validation_set(job) -> Validation:
     arrays = dict(preprocessed(mirrored, pre))
     batch, nhwc = job.options.batch, job.options.nhwc
     inputs = [np.repeat(a, batch, axis=0) for a in arrays.values()]
-    reference = []
+    reference, floating = [], ()
     with torch.no_grad():
         for x in inputs:
             t = torch.from_numpy(x)
             out = job.model(t.permute(0, 3, 1, 2) if nhwc else t)
             out = out if isinstance(out, (tuple, list)) else (out,)
+            floating = tuple(k for k, o in enumerate(out) if o.is_floating_point())
             reference.append([o.float().numpy() for o in out])
-    return Validation(inputs, list(arrays), reference)
+    return Validation(inputs, list(arrays), reference, judged=floating)
 
 
 def restore_float(

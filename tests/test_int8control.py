@@ -28,6 +28,28 @@ def test_the_validation_set_is_the_photographs_mirrored():
     validation = int8control.validation_set(job)
     assert validation.names == [f"{n} mirrored" for n in sample_photographs()]
     assert all(len(ref) == 1 and ref[0].shape == (1, 1000) for ref in validation.reference)
+    assert validation.judged == (0,)
+
+
+def test_validation_scores_the_logits_not_the_class_map():
+    """A segmenter returns (logits, class map): the map is judged by the task metric, never by cosine."""
+    from lightdeploy.exporters.base import ExportOptions
+    from lightdeploy.factory import create_model
+    from lightdeploy.jobs import make_job
+    from lightdeploy.models.registry import get_spec
+
+    name = "bisenet_xception39"
+    options = ExportOptions(target="tflite", precision="int8", input_size=(64, 64))
+    job = make_job(get_spec(name), create_model(name, input_size=(64, 64)), options)
+    validation = int8control.validation_set(job)
+    assert job.output_names == ("logits", "mask") and validation.judged == (0,)
+    runs = iter(validation.reference)
+
+    def wrong_map(x):  # exact logits, every class index moved
+        logits, classes = next(runs)
+        return [logits, classes[:, ::-1] + 1]
+
+    assert validation.worst(wrong_map) == pytest.approx(1.0)
 
 
 def test_restore_float_keeps_the_most_sensitive_first_and_stops_at_the_target():

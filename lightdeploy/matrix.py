@@ -130,7 +130,9 @@ def run_matrix(
     those of models not asked for.  ``input_size``: one size for all (default: each model's own).
     ``checkpoint`` gets every cell so far after each cell and after each model's ratios (a long run
     interrupted keeps what it did; a resumed run fills the ratios its cells lack).
-    The table is ordered by ``models`` (then the kept models), each model's cells as in ``TARGETS``."""
+    Cells run in the order of ``models``; the table is in registry order (a model outside
+    ``default_models``, such as an alias, after them as asked), each model's cells as in ``TARGETS``, so
+    runs that add cells in any order leave the same table."""
     import torch
 
     from lightdeploy.models.registry import get_spec
@@ -138,6 +140,7 @@ def run_matrix(
     for model in models:
         get_spec(model)  # an unknown name fails here, with the closest names, before any work
     cells = {c.cell_id: c for c in (done or [])}
+    order = [*default_models(), *models]
     todo = [(m, t, p) for m in models for t, p in targets if (m, t, p) not in cells]
     torch.set_num_threads(threads)
     unrated = [c.model for c in _unrated(cells.values()) if c.model in models]
@@ -147,11 +150,11 @@ def run_matrix(
                 progress(f"[{step}/{len(todo)}] {model} -> {target}/{precision}")
                 cell = _cell(model, target, precision, out, input_size, threads, runs, warmup)
                 cells[cell.cell_id] = cell
-                checkpoint(_table_order(cells.values(), models))
+                checkpoint(_table_order(cells.values(), order))
         mine = [c for c in cells.values() if c.model == model]
         if _fill_ratios(mine, input_size, threads, runs, warmup, progress):
-            checkpoint(_table_order(cells.values(), models))
-    return _table_order(cells.values(), models)
+            checkpoint(_table_order(cells.values(), order))
+    return _table_order(cells.values(), order)
 
 
 def _unrated(cells) -> list[MatrixCell]:

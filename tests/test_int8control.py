@@ -170,4 +170,5 @@ def test_openvino_accuracy_control_reverts_layers_when_no_range_setting_reaches_
     control = outcome.manifest["backend_info"]["int8"]["accuracy_control"]
     assert control["range_settings"][0]["activation_range"] == quantize.ACTIVATION_RANGE
     assert not control["reached"] and len(control["float_modules"]) <= 2
+    assert control["ranking_inputs"] == quantize.RANKING_INPUTS
     assert control["worst_cosine"] >= control["shipped_settings"]

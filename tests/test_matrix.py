@@ -107,13 +107,14 @@ def test_resume_keeps_finished_cells_and_runs_the_missing_ones(tmp_path: Path, m
     monkeypatch.setattr(pipeline, "export", export)
     targets = (("openvino", "int8"), ("onnx", "fp32"))
     cells = matrix.run_matrix(
-        [MODEL, "shufflenetv2_x0.5"], tmp_path, targets=targets, done=done, input_size=SIZE, checkpoint=saved.append
+        ["shufflenetv2_x0.5", MODEL], tmp_path, targets=targets, done=done, input_size=SIZE, checkpoint=saved.append
     )
-    # the kept cell is not re-run; the missing ones are, and every row lands in TARGETS order per model
+    # the kept cell is not re-run; the missing ones are, in the order asked; the table is in registry
+    # order, every model's rows in TARGETS order
     assert calls == [
-        (MODEL, "openvino", "int8"),
         ("shufflenetv2_x0.5", "openvino", "int8"),
         ("shufflenetv2_x0.5", "onnx", "fp32"),
+        (MODEL, "openvino", "int8"),
     ]
     assert [c.cell_id[:2] for c in cells] == [
         (MODEL, "onnx"),
@@ -124,7 +125,7 @@ def test_resume_keeps_finished_cells_and_runs_the_missing_ones(tmp_path: Path, m
     ]
     assert cells[0] is done[0] and cells[-1] is done[1] and cells[1].status == "error"
     # on disk after each cell, and after the ratios the kept cell of MODEL lacked (its eager timing)
-    assert [len(s) for s in saved] == [3, 3, 4, 5]
+    assert [len(s) for s in saved] == [3, 4, 5, 5]
     assert cells[0].x_eager is not None and cells[0].x_ort == 1.0 and cells[-1].x_eager is None
 
 

@@ -32,6 +32,10 @@ FAST_BIAS_CORRECTION = False  # NNCF's default is True
 # own estimators, which clip less on trained networks than the global min / max chosen on random ones).
 ALTERNATIVES = ({"activation_range": "nncf_default", "fast_bias_correction": True},)
 WEIGHTED_OPS = ("Convolution", "GroupConvolution", "MatMul", "ConvolutionBackpropData")
+# NNCF ranks each quantised layer group (one compile, then one inference per input) on this many of the
+# validation inputs, those that lost most: the metric is the minimum over inputs, so the worst few
+# decide it (docs/measurements.md#openvino-restorer).
+RANKING_INPUTS = 3
 
 
 def quantize_int8(
@@ -171,7 +175,7 @@ def accuracy_control(float_model, quantized, job: ExportJob, dataset, common: di
             fast_bias_correction=settings["fast_bias_correction"],
             advanced_quantization_parameters=_range_parameters(settings["activation_range"]),
             advanced_accuracy_restorer_parameters=AdvancedAccuracyRestorerParameters(
-                max_num_iterations=int8control.MAX_FLOAT_MODULES
+                max_num_iterations=int8control.MAX_FLOAT_MODULES, ranking_subset_size=RANKING_INPUTS
             ),
             **common,
         )
@@ -180,6 +184,7 @@ def accuracy_control(float_model, quantized, job: ExportJob, dataset, common: di
     decision.update(
         {
             "restorer": "nncf.quantize_with_accuracy_control (metric mode, the validation worst cosine)",
+            "ranking_inputs": min(RANKING_INPUTS, len(validation.inputs)),
             "float_modules": float_layers,
             "worst_cosine": round(restored_score, 4),
             "reached": restored_score >= int8control.TARGET_COSINE,

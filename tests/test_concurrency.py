@@ -4,7 +4,7 @@ Issue 14 found one shared OpenVINO InferRequest wrong or "busy" in 189 of 200 ca
 LiteRT interpreter wrong in 146 of 200 (thundernet crashed); these tests run 8 threads x 200 calls on
 one object per CPU backend, for a classifier and a detector, each call on one of 8 different inputs,
 and compare every output bit for bit with a single-threaded call on the same input.  TensorRT's pool
-of execution contexts is tested the same way against the simulated TensorRT in test_tensorrt.py.
+of execution contexts is tested the same way against the simulated TensorRT in test_tensorrt_engine.py.
 """
 
 from __future__ import annotations

@@ -112,14 +112,22 @@ def _runner(compiled):
     return lambda x: [compiled(x)[out] for out in compiled.outputs]
 
 
-def _quantized_layers(model) -> set[str]:
-    """Friendly names of the weighted ops that read a FakeQuantize output."""
+def _quantized_ops(model) -> dict[str, str]:
+    """Friendly name -> type of every op that reads a FakeQuantize output."""
     return {
-        op.get_friendly_name()
+        op.get_friendly_name(): op.get_type_name()
         for op in model.get_ordered_ops()
-        if op.get_type_name() in WEIGHTED_OPS
-        and any(v.get_node().get_type_name() == "FakeQuantize" for v in op.input_values())
+        if any(v.get_node().get_type_name() == "FakeQuantize" for v in op.input_values())
     }
+
+
+def _reverted(before, after) -> tuple[list[str], list[str]]:
+    """The weighted ops and the other ops (Add, Concat, Multiply, ...) whose inputs are quantised in
+    ``before`` and not in ``after``: NNCF reverts groups of quantisers, and a group may hold only the
+    activation quantisers in front of an op without weights."""
+    ops, kept = _quantized_ops(before), _quantized_ops(after)
+    gone = sorted(set(ops) - set(kept))
+    return [n for n in gone if ops[n] in WEIGHTED_OPS], [n for n in gone if ops[n] not in WEIGHTED_OPS]
 
 
 def accuracy_control(float_model, quantized, job: ExportJob, dataset, common: dict):
@@ -180,17 +188,18 @@ def accuracy_control(float_model, quantized, job: ExportJob, dataset, common: di
             **common,
         )
     restored_score = worst(restored)
-    float_layers = sorted(_quantized_layers(best) - _quantized_layers(restored))
+    float_layers, float_inputs = _reverted(best, restored)
     decision.update(
         {
             "restorer": "nncf.quantize_with_accuracy_control (metric mode, the validation worst cosine)",
             "ranking_inputs": min(RANKING_INPUTS, len(validation.inputs)),
             "float_modules": float_layers,
+            "float_inputs": float_inputs,  # ops without weights whose inputs the restorer left in float
             "worst_cosine": round(restored_score, 4),
             "reached": restored_score >= int8control.TARGET_COSINE,
         }
     )
     if restored_score <= score:
-        decision["float_modules"], decision["worst_cosine"] = [], round(score, 4)
+        decision.update(float_modules=[], float_inputs=[], worst_cosine=round(score, 4))
         return best, decision
     return restored, decision

@@ -123,13 +123,16 @@ def run_matrix(
     input_size: tuple[int, int] | None = None,
     progress: Callable[[str], None] = lambda msg: None,
     checkpoint: Callable[[list[MatrixCell]], None] = lambda cells: None,
+    retime: bool = False,
 ) -> list[MatrixCell]:
     """Export, gate and time every (model, target, precision) not already in ``done``.
 
     Cells in ``done`` are kept as they are (a resumed run, or one that adds cells with ``targets``), also
     those of models not asked for.  ``input_size``: one size for all (default: each model's own).
     ``checkpoint`` gets every cell so far after each cell and after each model's ratios (a long run
-    interrupted keeps what it did; a resumed run fills the ratios its cells lack).
+    interrupted keeps what it did; a resumed run fills the ratios its cells lack).  ``retime``: the kept
+    cells of ``models`` timed while the machine was shared (``shared``) are timed again from their
+    folders, with their model's eager latency; the export, gate and size stay as recorded.
     Cells run in the order of ``models``; the table is in registry order (a model outside
     ``default_models``, such as an alias, after them as asked), each model's cells as in ``TARGETS``, so
     runs that add cells in any order leave the same table."""
@@ -144,17 +147,45 @@ def run_matrix(
     todo = [(m, t, p) for m in models for t, p in targets if (m, t, p) not in cells]
     torch.set_num_threads(threads)
     unrated = [c.model for c in _unrated(cells.values()) if c.model in models]
-    for model in dict.fromkeys([*(m for m, _, _ in todo), *unrated]):
+    again = [c for c in cells.values() if retime and c.model in models and shared(c)]
+    for model in dict.fromkeys([*(m for m, _, _ in todo), *(c.model for c in again), *unrated]):
         for step, (m, target, precision) in enumerate(todo, 1):
             if m == model:
                 progress(f"[{step}/{len(todo)}] {model} -> {target}/{precision}")
                 cell = _cell(model, target, precision, out, input_size, threads, runs, warmup)
                 cells[cell.cell_id] = cell
                 checkpoint(_table_order(cells.values(), order))
+        for cell in (c for c in again if c.model == model):
+            progress(f"re-timing {model} -> {cell.target}/{cell.precision} (timed at load {cell.load:.1f})")
+            _retime(cell, threads, runs, warmup, progress)
+            checkpoint(_table_order(cells.values(), order))
         mine = [c for c in cells.values() if c.model == model]
         if _fill_ratios(mine, input_size, threads, runs, warmup, progress):
             checkpoint(_table_order(cells.values(), order))
     return _table_order(cells.values(), order)
+
+
+def shared(cell: MatrixCell) -> bool:
+    """Timed while the 1-minute load average was above this machine's core count: other work shared the
+    cores, so its latency is inflated (the run's own timing loop keeps the load near ``threads``)."""
+    return cell.median_ms is not None and cell.load is not None and cell.load > (os.cpu_count() or 1)
+
+
+def _retime(cell: MatrixCell, threads: int, runs: int, warmup: int, progress) -> None:
+    """Time a kept cell's artifact again; its ratio to eager is left for ``_fill_ratios``.  A folder that
+    is gone (a fresh checkout has the table, not the artifacts) or no longer runs keeps the old timing."""
+    from lightdeploy.runtimes.manifest import read_manifest
+
+    folder = Path(cell.folder or "")
+    if not (folder / "manifest.json").is_file():
+        progress(f"{cell.model} -> {cell.target}/{cell.precision} keeps its timing: {folder} is not here")
+        return
+    try:
+        _time_artifact(cell, folder, read_manifest(folder), threads, runs, warmup)
+    except Exception as exc:  # noqa: BLE001 - the old timing stands; the reason is shown
+        progress(f"{cell.model} -> {cell.target}/{cell.precision} keeps its timing: {type(exc).__name__}: {exc}")
+        return
+    cell.threads, cell.x_eager = threads, None
 
 
 def _unrated(cells) -> list[MatrixCell]:
@@ -212,17 +243,17 @@ def _time_artifact(cell: MatrixCell, folder: Path, manifest: dict, threads: int,
     from lightdeploy.bench import concrete_shape, time_fn
     from lightdeploy.runtimes import open_runtime
 
-    runtime = open_runtime(folder, manifest, threads=threads, allow_unverified=True)
     name = manifest["inputs"][0]["name"]
     shape = concrete_shape(manifest)
     rng = np.random.default_rng(0)
     feed = {name: rng.standard_normal(shape).astype(np.float32)}
-    cell.median_ms, cell.p90_ms = time_fn(functools.partial(runtime.run, feed), warmup, runs)
-    cell.load = os.getloadavg()[0]
-    if not isinstance(manifest["inputs"][0]["shape"][0], int):  # a dynamic batch dim
-        big = {name: rng.standard_normal([THROUGHPUT_BATCH, *shape[1:]]).astype(np.float32)}
-        median, _ = time_fn(functools.partial(runtime.run, big), max(1, warmup // 2), max(3, runs // 4))
-        cell.batch8_ips = THROUGHPUT_BATCH * 1e3 / median
+    with open_runtime(folder, manifest, threads=threads, allow_unverified=True) as runtime:
+        cell.median_ms, cell.p90_ms = time_fn(functools.partial(runtime.run, feed), warmup, runs)
+        cell.load = os.getloadavg()[0]
+        if not isinstance(manifest["inputs"][0]["shape"][0], int):  # a dynamic batch dim
+            big = {name: rng.standard_normal([THROUGHPUT_BATCH, *shape[1:]]).astype(np.float32)}
+            median, _ = time_fn(functools.partial(runtime.run, big), max(1, warmup // 2), max(3, runs // 4))
+            cell.batch8_ips = THROUGHPUT_BATCH * 1e3 / median
 
 
 def _fill_ratios(mine: list[MatrixCell], input_size, threads, runs, warmup, progress) -> bool:
@@ -248,7 +279,9 @@ def _fill_ratios(mine: list[MatrixCell], input_size, threads, runs, warmup, prog
     ort = next((c.median_ms for c in mine if (c.target, c.precision) == ("onnx", "fp32") and c.median_ms), None)
     for c in timed:
         c.x_eager = c.median_ms / eager_ms
-        c.x_ort = c.median_ms / ort if ort else None
+    for c in mine:  # every cell's, as the ONNX Runtime cell may have been timed again
+        if c.median_ms is not None:
+            c.x_ort = c.median_ms / ort if ort else None
     return True
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from pathlib import Path
 
@@ -127,6 +128,42 @@ def test_resume_keeps_finished_cells_and_runs_the_missing_ones(tmp_path: Path, m
     # on disk after each cell, and after the ratios the kept cell of MODEL lacked (its eager timing)
     assert [len(s) for s in saved] == [3, 4, 5, 5]
     assert cells[0].x_eager is not None and cells[0].x_ort == 1.0 and cells[-1].x_eager is None
+
+
+def test_retime_times_again_only_the_cells_timed_on_a_shared_machine(tmp_path: Path, monkeypatch):
+    import os
+
+    import lightdeploy.runtimes.manifest as manifest_mod
+
+    here = tmp_path / "artifact"
+    here.mkdir()
+    (here / "manifest.json").write_text("{}")
+    busy = (os.cpu_count() or 1) + 1.0
+    cell = functools.partial(matrix.MatrixCell, MODEL, status="pass", threads=2, x_eager=0.5)
+    done = [
+        cell(target="onnx", precision="fp32", median_ms=10.0, x_ort=1.0, load=busy, folder=str(here)),
+        cell(target="openvino", precision="fp32", median_ms=5.0, x_ort=0.5, load=0.5, folder=str(here)),
+        cell(target="tflite", precision="fp32", median_ms=8.0, x_ort=0.8, load=busy, folder=str(tmp_path / "gone")),
+    ]
+    timed, said = [], []
+
+    def time_artifact(c, folder, manifest, threads, runs, warmup):
+        timed.append(c.cell_id)
+        c.median_ms, c.load = 4.0, 1.0
+
+    monkeypatch.setattr(matrix, "_time_artifact", time_artifact)
+    monkeypatch.setattr(manifest_mod, "read_manifest", lambda folder: {})
+    kept = matrix.run_matrix(
+        [MODEL], tmp_path, targets=(), done=done, input_size=SIZE, runs=2, warmup=0, retime=True, progress=said.append
+    )
+    onnx_cell, ov_cell, tflite_cell = kept
+    assert timed == [(MODEL, "onnx", "fp32")]  # the quiet cell and the one whose folder is gone are not
+    assert onnx_cell.median_ms == 4.0 and onnx_cell.x_eager != 0.5  # with its model's eager timed again
+    assert ov_cell.median_ms == 5.0 and ov_cell.x_eager == 0.5 and ov_cell.x_ort == 5.0 / 4.0
+    assert tflite_cell.median_ms == 8.0 and tflite_cell.x_ort == 8.0 / 4.0
+    assert any("keeps its timing" in m and "gone" in m for m in said)
+    r = run_cli("bench", "--matrix", MODEL, "--retime", cwd=tmp_path)
+    assert r.returncode == 2 and "--resume" in r.stderr
 
 
 def test_unknown_model_and_cell_are_usage_errors(tmp_path: Path):

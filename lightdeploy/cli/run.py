@@ -115,6 +115,12 @@ def bench(
     resume: bool = typer.Option(
         False, "--resume", help="--matrix: keep the cells already in --json, run the missing ones."
     ),
+    retime: bool = typer.Option(
+        False,
+        "--retime",
+        help="--matrix --resume: time again the kept cells timed on a shared machine (load above the core "
+        "count), from their artifact folders.",
+    ),
     out: Path = typer.Option(Path("matrix-artifacts"), "--out", help="--matrix: where the artifacts go."),
     cells: list[str] = typer.Option(
         None, "--to", metavar="TARGET/PRECISION", help="--matrix: only these cells (default: every CPU one)."
@@ -131,12 +137,12 @@ def bench(
         raise UsageError("--runs and --threads must be at least 1, --warmup at least 0.")
     progress = Progress(quiet)
     if matrix:
-        _matrix(subjects, runs, warmup, threads, json_out, plot, markdown, resume, out, cells, progress)
+        _matrix(subjects, runs, warmup, threads, json_out, plot, markdown, resume, retime, out, cells, progress)
         return
     if not subjects:
         raise UsageError("Name the models or artifact folders to time (or use --matrix).")
-    if markdown or resume or cells:
-        raise UsageError("--markdown, --resume and --to belong to --matrix.")
+    if markdown or resume or retime or cells:
+        raise UsageError("--markdown, --resume, --retime and --to belong to --matrix.")
     rows = benchmod.bench(
         subjects,
         runs=runs,
@@ -153,7 +159,7 @@ def bench(
         benchmod.write_plot(rows, plot)
 
 
-def _matrix(models, runs, warmup, threads, json_out, plot, markdown, resume, out, cells, progress) -> None:
+def _matrix(models, runs, warmup, threads, json_out, plot, markdown, resume, retime, out, cells, progress) -> None:
     import shlex
     import sys
 
@@ -163,6 +169,8 @@ def _matrix(models, runs, warmup, threads, json_out, plot, markdown, resume, out
         raise UsageError("--matrix takes model names (it exports them itself), not artifact folders.")
     if resume and not (json_out and json_out.is_file()):
         raise UsageError("--resume reads the cells of an earlier run from --json FILE: give an existing file.")
+    if retime and not resume:
+        raise UsageError("--retime times the cells of an earlier run again: add --resume and its --json FILE.")
     done, earlier_meta = matrix.read_run(json_out) if resume else (None, {})
     targets = matrix.parse_cells(cells) if cells else matrix.TARGETS
     command = "lightdeploy " + shlex.join(sys.argv[1:])
@@ -187,6 +195,7 @@ def _matrix(models, runs, warmup, threads, json_out, plot, markdown, resume, out
         done=done,
         progress=progress,
         checkpoint=checkpoint,
+        retime=retime,
     )
     progress.done()
     console.print(matrix.render_table(cells, console.width))

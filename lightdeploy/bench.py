@@ -6,6 +6,7 @@ latency of its own model measured in the same run (a shared machine is noisy acr
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import time
@@ -64,12 +65,63 @@ def time_artifact(
 ) -> list[float]:
     """Each timed ``run`` (ms) of one artifact on a random feed of ``concrete_shape``: what ``lightdeploy
     bench`` summarises for it, and what bench/independent.py compares with the backends' own tools."""
+    with _opened_artifact(folder, manifest, threads, allow_unverified) as call:
+        return sample_fn(call, warmup, runs)
+
+
+@contextlib.contextmanager
+def _opened_artifact(folder: Path, manifest: dict, threads: int, allow_unverified: bool):
+    """One call of the artifact on a random feed of ``concrete_shape``, while its runtime is open."""
     from lightdeploy.runtimes import open_runtime
 
     shape = concrete_shape(manifest)
     feed = {manifest["inputs"][0]["name"]: np.random.default_rng(0).standard_normal(shape).astype(np.float32)}
     with open_runtime(folder, manifest, threads=threads, allow_unverified=allow_unverified) as runtime:
-        return sample_fn(functools.partial(runtime.run, feed), warmup, runs)
+        yield functools.partial(runtime.run, feed)
+
+
+@contextlib.contextmanager
+def _opened_eager(build: Callable, shape: list[int]):
+    import torch
+
+    model, x = build(), torch.randn(*shape)
+
+    def call():
+        with torch.inference_mode():
+            model(x)
+
+    yield call
+
+
+@dataclass
+class _Timed:
+    row: BenchRow  # median, p90 and ratio filled once timed
+    opened: Callable  # -> a context manager yielding one call
+    eager_key: tuple
+
+
+def _sample_all(timed: list[_Timed], runs: int, warmup: int, rounds: int, progress) -> None:
+    """Time every subject: one after the other (``rounds`` 1, one runtime open at a time), or in
+    ``rounds`` interleaved rounds with all of them open, so that a host whose speed drifts from minute
+    to minute slows every subject alike and their ratios hold (docs/measurements.md#speed-targets)."""
+    if rounds == 1:
+        for t in timed:
+            progress(f"timing {t.row.subject}")
+            with t.opened() as call:
+                t.row.median_ms, t.row.p90_ms = summary(sample_fn(call, warmup, runs))
+        return
+    shares = [runs // rounds + (i < runs % rounds) for i in range(rounds)]
+    with contextlib.ExitStack() as stack:
+        calls = [stack.enter_context(t.opened()) for t in timed]
+        for call in calls:
+            sample_fn(call, warmup, 0)
+        samples: list[list[float]] = [[] for _ in timed]
+        for r, share in enumerate(shares, 1):
+            progress(f"round {r}/{rounds}")
+            for times, call in zip(samples, calls):
+                times.extend(sample_fn(call, 0, share))
+    for t, times in zip(timed, samples):
+        t.row.median_ms, t.row.p90_ms = summary(times)
 
 
 def bench(
@@ -78,32 +130,34 @@ def bench(
     runs: int = 50,
     warmup: int = 10,
     threads: int = 2,
+    rounds: int = 1,
     progress=lambda msg: None,
     allow_unverified: bool = False,
 ) -> list[BenchRow]:
     """``subjects``: model names and/or artifact folders.  Eager is timed once per model.
+    ``rounds``: split the ``runs`` into that many interleaved rounds over every subject.
     ``allow_unverified``: time artifacts whose parity gate failed or never ran too."""
     import torch
 
+    from lightdeploy.errors import UsageError
     from lightdeploy.factory import create_model, eager_from_manifest
     from lightdeploy.models.registry import get_spec
     from lightdeploy.runtimes.manifest import read_manifest
 
+    if not 1 <= rounds <= runs:
+        raise UsageError(f"rounds must be between 1 and the runs ({runs}); got {rounds}.")
     torch.set_num_threads(threads)
-    rows: list[BenchRow] = []
-    eager_ms: dict[tuple, float] = {}
+    timed: list[_Timed] = []
+    eager: dict[tuple, _Timed] = {}
 
-    def eager_row(name: str, size: tuple[int, int], batch: int, build=None) -> None:
+    def add_eager(name: str, size: tuple[int, int], batch: int, build) -> tuple:
         key = (name, size, batch)
-        if key in eager_ms:
-            return
-        progress(f"timing eager {name}")
-        model = build() if build else create_model(name, input_size=size, calibrate_bn=False)
-        x = torch.randn(batch, 3, *size)
-        with torch.inference_mode():
-            med, p90 = time_fn(lambda: model(x), warmup, runs)
-        eager_ms[key] = med
-        rows.append(BenchRow(name, name, "eager", list(x.shape), threads, runs, med, p90, 1.0))
+        if key not in eager:
+            shape = [batch, 3, *size]
+            row = BenchRow(name, name, "eager", shape, threads, runs, 0.0, 0.0, 1.0)
+            eager[key] = _Timed(row, functools.partial(_opened_eager, build, shape), key)
+            timed.append(eager[key])
+        return key
 
     for subject in subjects:
         path = Path(subject)
@@ -112,33 +166,21 @@ def bench(
             size = tuple(manifest["preprocessing"]["size"])
             shape = concrete_shape(manifest)
             # eager as exported (your own models from their recorded factory); timing needs no BN values
-            eager_row(
+            key = add_eager(
                 manifest["model"], size, shape[0], functools.partial(eager_from_manifest, manifest, calibrate_bn=False)
             )
-            progress(f"timing {path.name}")
-            med, p90 = summary(
-                time_artifact(
-                    path, manifest, runs=runs, warmup=warmup, threads=threads, allow_unverified=allow_unverified
-                )
-            )
-            ref = eager_ms[(manifest["model"], size, shape[0])]
-            rows.append(
-                BenchRow(
-                    path.name,
-                    manifest["model"],
-                    f"{manifest['backend']}/{manifest['precision']}",
-                    shape,
-                    threads,
-                    runs,
-                    med,
-                    p90,
-                    med / ref,
-                )
-            )
+            runtime = f"{manifest['backend']}/{manifest['precision']}"
+            row = BenchRow(path.name, manifest["model"], runtime, shape, threads, runs, 0.0, 0.0)
+            opened = functools.partial(_opened_artifact, path, manifest, threads, allow_unverified)
+            timed.append(_Timed(row, opened, key))
         else:
             spec = get_spec(subject)
-            eager_row(subject, spec.input_size, 1)
-    return rows
+            size = tuple(spec.input_size)
+            add_eager(subject, size, 1, functools.partial(create_model, subject, input_size=size, calibrate_bn=False))
+    _sample_all(timed, runs, warmup, rounds, progress)
+    for t in timed:
+        t.row.ratio_to_eager = t.row.median_ms / eager[t.eager_key].row.median_ms
+    return [t.row for t in timed]
 
 
 def write_json(rows: list[BenchRow], path: str | Path) -> None:

@@ -297,3 +297,32 @@ def test_bench_table_fits_80_columns():
     console.print(render_table(rows, console.width))
     text = console.export_text()
     assert max(len(line) for line in text.splitlines()) <= 80 and name in text and "openvino/fp16" in text
+
+
+def test_bench_rounds_take_every_subject_in_turn():
+    """--rounds: all subjects open at once, warmed up, then each round times every subject in turn, so a
+    drifting host slows them alike; one round is the sequential run, one subject at a time."""
+    import contextlib
+
+    from lightdeploy import bench
+
+    def subjects(order: list[str]):
+        def opened(tag):
+            @contextlib.contextmanager
+            def calls():
+                order.append(f"open {tag}")
+                yield lambda: order.append(tag)
+                order.append(f"close {tag}")
+
+            return calls
+
+        return [bench._Timed(bench.BenchRow(t, t, "x", [1], 1, 5, 0.0, 0.0), opened(t), ()) for t in "ab"]
+
+    order: list[str] = []
+    bench._sample_all(subjects(order), runs=5, warmup=1, rounds=2, progress=lambda msg: None)
+    assert order == ["open a", "open b", "a", "b", *"aaabbbaabb", "close b", "close a"]
+    order.clear()
+    bench._sample_all(subjects(order), runs=5, warmup=1, rounds=1, progress=lambda msg: None)
+    assert order == ["open a", *"a" * 6, "close a", "open b", *"b" * 6, "close b"]
+    r = run_cli("bench", "mobilenetv2_x0.35", "--runs", "2", "--rounds", "3")
+    assert r.returncode == 2 and "rounds must be between 1 and the runs (2)" in r.stderr

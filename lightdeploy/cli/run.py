@@ -98,6 +98,12 @@ def bench(
     runs: int = typer.Option(50, "--runs"),
     warmup: int = typer.Option(10, "--warmup"),
     threads: int = typer.Option(2, "--threads"),
+    rounds: int = typer.Option(
+        1,
+        "--rounds",
+        help="Split the runs into this many rounds that take every subject in turn, all loaded at once: "
+        "ratios between subjects hold on a host whose speed drifts.",
+    ),
     json_out: Path | None = typer.Option(None, "--json"),
     plot: Path | None = typer.Option(
         None, "--plot", help="Write a PNG: latency bars, or with --matrix latency vs parity."
@@ -137,6 +143,8 @@ def bench(
         raise UsageError("--runs and --threads must be at least 1, --warmup at least 0.")
     progress = Progress(quiet)
     if matrix:
+        if rounds != 1:
+            raise UsageError("--rounds times artifacts given by folder; --matrix times each cell as it is made.")
         _matrix(subjects, runs, warmup, threads, json_out, plot, markdown, resume, retime, out, cells, progress)
         return
     if not subjects:
@@ -148,6 +156,7 @@ def bench(
         runs=runs,
         warmup=warmup,
         threads=threads,
+        rounds=rounds,
         progress=progress,
         allow_unverified=allow_unverified,
     )

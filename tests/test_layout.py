@@ -30,6 +30,7 @@ PIPELINE = {
     "lightdeploy.bench",
     "lightdeploy.eager",
     "lightdeploy.matrix",
+    "lightdeploy.matrix_report",
 }
 PIPELINE_PACKAGES = ("lightdeploy.evaluation", "lightdeploy.localize")
 FACADE = {"lightdeploy", "lightdeploy.cli", "lightdeploy.testing", "lightdeploy.pytest_plugin"}

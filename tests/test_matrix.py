@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from conftest import run_cli
 
-from lightdeploy import matrix
+from lightdeploy import matrix, matrix_report
 from lightdeploy.parity import tolerances
 
 pytestmark = pytest.mark.xdist_group("matrix")
@@ -28,7 +28,7 @@ def test_cli_writes_table_json_markdown_and_plot(tmp_path: Path):
     )
     assert r.returncode == 0, r.stderr
     assert "lightdeploy matrix" in r.stdout and "openvino/fp32" in r.stdout
-    cells, _ = matrix.read_run(files["json"])
+    cells, _ = matrix_report.read_run(files["json"])
     assert [(c.target, c.precision, c.status) for c in cells] == [
         ("onnx", "fp32", "pass"),
         ("openvino", "fp32", "pass"),
@@ -38,9 +38,15 @@ def test_cli_writes_table_json_markdown_and_plot(tmp_path: Path):
         assert c.batch8_ips > 0  # classifiers are exported with a dynamic batch for the batch-8 column
     assert cells[0].x_ort == 1.0
     meta = json.loads(files["json"].read_text())["meta"]
-    assert meta["threads"] == 2 and "--matrix" in meta["command"]
+    assert meta["threads"] == 2 and "--matrix" in meta["commands"][0]
     md = files["md"].read_text()
     assert "| model | target | gate |" in md and f"| {MODEL} | openvino/fp32 | pass |" in md
+    assert "\n1. `lightdeploy bench --matrix" in md  # the runs behind the table, one per line
+    # a file from before the list: its runs were one string
+    assert matrix_report.run_commands({"command": "lightdeploy a`, then `lightdeploy b"}) == [
+        "lightdeploy a",
+        "lightdeploy b",
+    ]
     from PIL import Image
 
     with Image.open(files["png"]) as img:
@@ -88,7 +94,7 @@ def test_failed_gate_is_timed_and_failed_export_is_a_row(tmp_path: Path, monkeyp
     assert failed.median_ms > 0 and failed.folder.endswith(".failed")
     assert broken.status == "error" and broken.key == "RuntimeError: converter exploded"
     assert broken.median_ms is None
-    table = matrix.render_table(cells, 80)
+    table = matrix_report.render_table(cells, 80)
     assert table.row_count == 2
 
 

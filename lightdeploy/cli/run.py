@@ -172,7 +172,7 @@ def _matrix(models, runs, warmup, threads, json_out, plot, markdown, resume, ret
     import shlex
     import sys
 
-    from lightdeploy import matrix
+    from lightdeploy import matrix, matrix_report
 
     if any(Path(m).is_dir() for m in models or []):
         raise UsageError("--matrix takes model names (it exports them itself), not artifact folders.")
@@ -180,19 +180,18 @@ def _matrix(models, runs, warmup, threads, json_out, plot, markdown, resume, ret
         raise UsageError("--resume reads the cells of an earlier run from --json FILE: give an existing file.")
     if retime and not resume:
         raise UsageError("--retime times the cells of an earlier run again: add --resume and its --json FILE.")
-    done, earlier_meta = matrix.read_run(json_out) if resume else (None, {})
+    done, earlier_meta = matrix_report.read_run(json_out) if resume else (None, {})
     targets = matrix.parse_cells(cells) if cells else matrix.TARGETS
     command = "lightdeploy " + shlex.join(sys.argv[1:])
-    meta = matrix.run_meta(threads, runs, command)
-    earlier = earlier_meta.get("command")
+    meta = matrix_report.run_meta(threads, runs, command)
+    earlier = matrix_report.run_commands(earlier_meta)
     if earlier:  # until a cell runs, the table is the earlier runs' (a resume with nothing missing re-renders it)
-        meta["command"] = earlier
+        meta["commands"] = earlier
 
     def checkpoint(cells_so_far) -> None:  # each finished cell is on disk: an interrupted run resumes
-        if earlier:  # the table holds every run's cells: it names every run's command
-            meta["command"] = f"{earlier}`, then `{command}"
+        meta["commands"] = [*earlier, command]  # the table holds every run's cells: it names every run
         if json_out:
-            matrix.write_json(cells_so_far, json_out, meta)
+            matrix_report.write_json(cells_so_far, json_out, meta)
 
     cells = matrix.run_matrix(
         models or matrix.default_models(),
@@ -207,8 +206,8 @@ def _matrix(models, runs, warmup, threads, json_out, plot, markdown, resume, ret
         retime=retime,
     )
     progress.done()
-    console.print(matrix.render_table(cells, console.width))
-    for path, write in ((json_out, matrix.write_json), (markdown, matrix.write_markdown)):
+    console.print(matrix_report.render_table(cells, console.width))
+    for path, write in ((json_out, matrix_report.write_json), (markdown, matrix_report.write_markdown)):
         if path:
             write(cells, path, meta)
     if plot:

@@ -326,3 +326,24 @@ def test_bench_rounds_take_every_subject_in_turn():
     assert order == ["open a", *"a" * 6, "close a", "open b", *"b" * 6, "close b"]
     r = run_cli("bench", "mobilenetv2_x0.35", "--runs", "2", "--rounds", "3")
     assert r.returncode == 2 and "rounds must be between 1 and the runs (2)" in r.stderr
+
+
+def test_a_killed_export_leaves_no_staging_folder(tmp_path):
+    """`kill` (SIGTERM) in the middle of an export unwinds like Ctrl-C: exit 143, and the hidden staging
+    folder beside the artifacts is removed."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "o"
+    argv = ["lightdeploy", "export", "shufflenetv2_x0.5", "--to", "onnx", "--input-size", "64", "64", "--out", str(out)]
+    code = f"import sys\nfrom lightdeploy.cli import main\nsys.argv = {argv!r}\nmain()"
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not list(out.glob(".*.tmp-*")) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert proc.poll() is None, "the export ended before it could be stopped"
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=300) == 143
+    assert list(out.iterdir()) == []

@@ -7,6 +7,8 @@ build) and ``run.py`` (list, info, predict, bench, eval, triton); this module pu
 
 from __future__ import annotations
 
+import signal
+
 import typer
 
 from lightdeploy.cli import export, run
@@ -42,4 +44,11 @@ app.command()(run.triton)
 
 
 def main() -> None:
+    # `kill` (SIGTERM) unwinds like Ctrl-C, so the staging folder of an export in flight is removed
+    # rather than left beside the artifacts; 143 is the shell's code for a SIGTERM death.
+    signal.signal(signal.SIGTERM, _terminated)
     app()
+
+
+def _terminated(signum, frame) -> None:
+    raise SystemExit(128 + signum)

@@ -198,3 +198,28 @@ def test_openvino_restorer_report_names_reverted_ops_with_and_without_weights():
     assert _reverted(model(True, True), model(True, True)) == ([], [])
     assert _reverted(model(True, True), model(True, False)) == ([], ["add"])
     assert _reverted(model(True, True), model(False, False)) == (["conv"], ["add"])
+
+
+def test_full_bias_correction_gives_way_to_the_fast_one_over_its_memory_estimate(tmp_path, monkeypatch):
+    """NNCF's full bias correction keeps a fifth of the calibration batches' activations at every corrected
+    layer: dfanet_a at 1024x1024 was killed for memory.  Over the estimate's limit the export uses the fast
+    one, and the manifest says so."""
+    import openvino as ov
+    import openvino.opset13 as ops
+
+    from lightdeploy.exporters.openvino import quantize
+    from lightdeploy.pipeline import export
+
+    x = ops.parameter([-1, 2, 4, 4], np.float32, name="x")  # a dynamic batch counts as the calibration batch
+    weights = ops.constant(np.ones((3, 2, 1, 1), np.float32))
+    conv = ops.convolution(x, weights, [1, 1], [0, 0], [0, 0], [1, 1])
+    per_batch = 4 * (2 * 16 + 3 * 16) * 5  # float32 input and output at batch 5
+    assert quantize.full_bias_correction_bytes(ov.Model([conv], [x]), 5, 10) == per_batch * 2  # a fifth of 10
+
+    info = lambda out: out.manifest["backend_info"]["int8"]  # noqa: E731
+    small = dict(precision="int8", input_size=(64, 64), parity=False)
+    shipped = export("shufflenetv2_x0.5", "openvino", out=tmp_path / "a", **small)
+    assert info(shipped)["fast_bias_correction"] is False and info(shipped)["full_bias_correction_estimate_gib"] < 1
+    monkeypatch.setattr(quantize, "FULL_BIAS_CORRECTION_MAX_BYTES", 0)
+    limited = export("shufflenetv2_x0.5", "openvino", out=tmp_path / "b", **small)
+    assert info(limited)["fast_bias_correction"] is True

@@ -6,7 +6,8 @@ Settings, each chosen by measurement (docs/measurements.md#openvino-int8):
 - activation ranges from the global min / max over the calibration set: NNCF's default averages the
   per-batch min / max, a narrower range that clips;
 - full bias correction (``fast_bias_correction=False``): about 2-3x the quantisation time, needed by
-  the detectors' heads;
+  the detectors' heads; the fast one where the full one would hold more activations than
+  ``FULL_BIAS_CORRECTION_MAX_BYTES`` (the segmenters at 1024x1024);
 - nothing ignored: no op type carries the error, and ignoring all convolutions would leave an "int8"
   artifact with no int8 in it.  A model that needs it can pass ``ignored_types``.
 These ranges were chosen on random-weight networks; a trained one can lose more to them (trained
@@ -17,6 +18,7 @@ under ``int8control.TARGET_COSINE``, the alternatives (docs/measurements.md#int8
 from __future__ import annotations
 
 import itertools
+import math
 
 from lightdeploy import int8control
 from lightdeploy.errors import UsageError, require
@@ -36,6 +38,12 @@ WEIGHTED_OPS = ("Convolution", "GroupConvolution", "MatMul", "ConvolutionBackpro
 # validation inputs, those that lost most: the metric is the minimum over inputs, so the worst few
 # decide it (docs/measurements.md#openvino-restorer).
 RANKING_INPUTS = 3
+# Full bias correction keeps every corrected layer's activations for a fifth of the calibration batches
+# (NNCF's BiasCorrection); over this estimate (the weighted ops' inputs and outputs) the export uses the
+# fast one.  dfanet_a at 1024x1024, estimated at 54 GiB, was killed at 23 GB resident on a 24 GiB
+# machine; bisenet at 512x1024 (10-13 GiB) fits (docs/measurements.md#openvino-bias-correction-memory).
+# A fixed number, not the machine's memory, so an export is the same file on every machine.
+FULL_BIAS_CORRECTION_MAX_BYTES = 16 * 2**30
 
 
 def quantize_int8(
@@ -70,9 +78,10 @@ def quantize_int8(
     input_name = job.input_name
     dataset = nncf.Dataset(calib.counted(job.count), lambda x: {input_name: x})
     own_settings = "advanced_parameters" not in nncf_kwargs  # a sweep may pass its own
+    held = full_bias_correction_bytes(model, job.options.batch, subset)
     if own_settings:
         nncf_kwargs["advanced_parameters"] = _range_parameters(ACTIVATION_RANGE)
-        nncf_kwargs.setdefault("fast_bias_correction", FAST_BIAS_CORRECTION)
+        nncf_kwargs.setdefault("fast_bias_correction", FAST_BIAS_CORRECTION or held > FULL_BIAS_CORRECTION_MAX_BYTES)
     common = {
         "preset": presets[preset],
         "subset_size": subset,
@@ -87,14 +96,27 @@ def quantize_int8(
         "preset": preset,
         "activation_range": ACTIVATION_RANGE if own_settings else "advanced_parameters given",
         "fast_bias_correction": nncf_kwargs.get("fast_bias_correction", True),
+        "full_bias_correction_estimate_gib": round(held / 2**30, 1),
         "calibration": {**calib.description, "batches_used": subset},
         "ignored_scope": {"types": ignored},
     }
     if control:
-        quantized, info["accuracy_control"] = accuracy_control(float_model, quantized, job, dataset, common)
+        shipped = {"activation_range": ACTIVATION_RANGE, "fast_bias_correction": info["fast_bias_correction"]}
+        quantized, info["accuracy_control"] = accuracy_control(float_model, quantized, shipped, job, dataset, common)
         info.update(info["accuracy_control"].get("settings", {}))
     info["fake_quantize_nodes"] = sum(op.get_type_name() == "FakeQuantize" for op in quantized.get_ordered_ops())
     return quantized, info
+
+
+def full_bias_correction_bytes(model, batch: int, subset: int) -> int:
+    """What NNCF's full bias correction would hold: the weighted ops' input and output activations
+    (float32; a dynamic dimension counts as the batch) for its fifth of the ``subset`` batches."""
+    per_batch = 0
+    for op in model.get_ordered_ops():
+        if op.get_type_name() in WEIGHTED_OPS:
+            for shape in (op.input(0).get_partial_shape(), op.output(0).get_partial_shape()):
+                per_batch += 4 * math.prod(d.get_length() if d.is_static else batch for d in shape)
+    return per_batch * max(int(subset * 0.2), 1)  # nncf post_training/pipeline.py: the BiasCorrection subset
 
 
 def _range_parameters(activation_range: str):
@@ -130,7 +152,7 @@ def _reverted(before, after) -> tuple[list[str], list[str]]:
     return [n for n in gone if ops[n] in WEIGHTED_OPS], [n for n in gone if ops[n] not in WEIGHTED_OPS]
 
 
-def accuracy_control(float_model, quantized, job: ExportJob, dataset, common: dict):
+def accuracy_control(float_model, quantized, shipped: dict, job: ExportJob, dataset, common: dict):
     """The shipped settings' artifact when it meets ``int8control.TARGET_COSINE`` on the validation set;
     else the better of the range settings in ``ALTERNATIVES``, and when that misses too,
     ``nncf.quantize_with_accuracy_control`` with the gate's metric: NNCF ranks every quantised layer by
@@ -150,7 +172,6 @@ def accuracy_control(float_model, quantized, job: ExportJob, dataset, common: di
     decision = int8control.decision(start)
     if start >= int8control.TARGET_COSINE:
         return quantized, decision
-    shipped = {"activation_range": ACTIVATION_RANGE, "fast_bias_correction": FAST_BIAS_CORRECTION}
     tried = [(start, shipped, quantized)]
     for settings in ALTERNATIVES:
         kwargs = {"advanced_parameters": _range_parameters(settings["activation_range"])}

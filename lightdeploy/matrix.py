@@ -144,7 +144,7 @@ def run_matrix(
     todo = [(m, t, p) for m in models for t, p in targets if (m, t, p) not in cells]
     torch.set_num_threads(threads)
     unrated = [c.model for c in _unrated(cells.values()) if c.model in models]
-    again = [c for c in cells.values() if retime and c.model in models and shared(c)]
+    again = [c for c in cells.values() if c.model in models and shared(c)] if retime else []
     for model in dict.fromkeys([*(m for m, _, _ in todo), *(c.model for c in again), *unrated]):
         for step, (m, target, precision) in enumerate(todo, 1):
             if m == model:

@@ -34,8 +34,8 @@ def read_run(path: Path) -> tuple[list[MatrixCell], dict]:
 
 
 def run_commands(meta: dict) -> list[str]:
-    """The commands of the runs behind a table, in order (files before 2026-12-06 joined them in one
-    string, "`A`, then `B`")."""
+    """The commands of the runs behind a table, in order (older files joined them in one string,
+    "`A`, then `B`")."""
     if "commands" in meta:
         return list(meta["commands"])
     return meta["command"].split("`, then `") if meta.get("command") else []

@@ -40,9 +40,9 @@ WEIGHTED_OPS = ("Convolution", "GroupConvolution", "MatMul", "ConvolutionBackpro
 RANKING_INPUTS = 3
 # Full bias correction keeps every corrected layer's activations for a fifth of the calibration batches
 # (NNCF's BiasCorrection); over this estimate (the weighted ops' inputs and outputs) the export uses the
-# fast one.  dfanet_a at 1024x1024, estimated at 54 GiB, was killed at 23 GB resident on a 24 GiB
-# machine; bisenet at 512x1024 (10-13 GiB) fits (docs/measurements.md#openvino-bias-correction-memory).
-# A fixed number, not the machine's memory, so an export is the same file on every machine.
+# fast one, so the DFANets at 1024x1024 fit in memory and the BiSeNets at 512x1024 keep the full one
+# (docs/measurements.md#openvino-bias-correction-memory).  A fixed number, not the machine's memory, so
+# an export is the same file on every machine.
 FULL_BIAS_CORRECTION_MAX_BYTES = 16 * 2**30
 
 

@@ -339,11 +339,14 @@ def test_a_killed_export_leaves_no_staging_folder(tmp_path):
     out = tmp_path / "o"
     argv = ["lightdeploy", "export", "shufflenetv2_x0.5", "--to", "onnx", "--input-size", "64", "64", "--out", str(out)]
     code = f"import sys\nfrom lightdeploy.cli import main\nsys.argv = {argv!r}\nmain()"
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 300
-    while not list(out.glob(".*.tmp-*")) and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert proc.poll() is None, "the export ended before it could be stopped"
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=300) == 143
+    log = tmp_path / "stderr.txt"
+    with open(log, "wb") as stderr:
+        proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=stderr)
+        deadline = time.monotonic() + 300
+        while not list(out.glob(".*.tmp-*")) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert proc.poll() is None, "the export ended before it could be stopped"
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=300)
+    assert code == 143, log.read_text(errors="replace")[-3000:]
     assert list(out.iterdir()) == []

@@ -7,7 +7,9 @@ build) and ``run.py`` (list, info, predict, bench, eval, triton); this module pu
 
 from __future__ import annotations
 
+import os
 import signal
+import sys
 
 import typer
 
@@ -47,8 +49,24 @@ def main() -> None:
     # `kill` (SIGTERM) unwinds like Ctrl-C, so the staging folder of an export in flight is removed
     # rather than left beside the artifacts; 143 is the shell's code for a SIGTERM death.
     signal.signal(signal.SIGTERM, _terminated)
-    app()
+    try:
+        app()
+    except _Terminated as stop:
+        # The unwinding has run every cleanup.  The interpreter's own finalisation is skipped: it frees
+        # the native objects caught in reference cycles through the interrupted frames, and one of
+        # them can abort the process there (docs/measurements.md#sigterm-finalisation).
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(stop.code)
+    finally:
+        # A signal that arrives after the command's work is done ends the process the default way,
+        # not with a traceback from inside an exit handler.
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+class _Terminated(SystemExit):
+    """SIGTERM, raised where the main thread is when it arrives."""
 
 
 def _terminated(signum, frame) -> None:
-    raise SystemExit(128 + signum)
+    raise _Terminated(128 + signum)

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import shutil
 import statistics
@@ -305,6 +304,7 @@ def main(argv=None) -> int:
 
     from rich.console import Console
 
+    from lightdeploy.artifact import cpu_summary
     from lightdeploy.runtimes.manifest import read_manifest
 
     console = Console()
@@ -356,7 +356,7 @@ def main(argv=None) -> int:
             return 3
     after = load_average()
     console.print(render(pairs, args.threads, args.runs, args.rounds, args.tolerance))
-    console.print(f"load average (1, 5, 15 min) before {before}, after {after}, on {os.cpu_count()} cores")
+    console.print(f"load average (1, 5, 15 min) before {before}, after {after}, on {cpu_summary()}")
     if args.json:
         facts = {"threads": args.threads, "runs": args.runs, "warmup": args.warmup, "rounds": args.rounds}
         facts |= {"tolerance": args.tolerance, "load_average": {"before": before, "after": after}}

@@ -61,21 +61,38 @@ def write_manifest(folder: Path, manifest: dict) -> dict:
     return manifest
 
 
+# The CPU extensions that decide which kernels the CPU backends pick (the int8 and bf16 ones above all):
+# a latency, or an int8 speed-up over fp32, holds for CPUs with the same ones.
+KERNEL_FEATURES = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_int8", "amx_bf16")
+
+
 def host_facts() -> dict:
     """What the export ran on (for export_log.json; no host name, user or path)."""
-    cpu = platform.processor()
+    cpu, flags = platform.processor(), set()
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                cpu = value.strip()
+            elif key.strip() == "flags":
+                flags = set(value.split())
+            if flags and cpu:
                 break
     return {
         "platform": platform.platform(),
         "machine": platform.machine(),
         "cpu": cpu,
+        "cpu_features": [f for f in KERNEL_FEATURES if f in flags],
         "cpu_count": os.cpu_count(),
         "python": platform.python_version(),
     }
+
+
+def cpu_summary(facts: dict | None = None) -> str:
+    """``AMD EPYC (avx2 avx512f avx512_vnni avx512_bf16), 2 cores``: the CPU a timing is read with."""
+    facts = facts or host_facts()
+    features = " ".join(facts["cpu_features"]) or "none of " + "/".join(KERNEL_FEATURES)
+    return f"{facts['cpu'] or facts['machine']} ({features}), {facts['cpu_count']} cores"
 
 
 def write_export_log(folder: Path, seconds: dict, details: dict | None = None) -> None:

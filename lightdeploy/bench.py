@@ -28,6 +28,7 @@ class BenchRow:
     median_ms: float
     p90_ms: float
     ratio_to_eager: float | None = None
+    cpu: str = ""  # artifact.cpu_summary(): the CPU the latency holds for
 
 
 def sample_fn(fn, warmup: int, runs: int) -> list[float]:
@@ -139,6 +140,7 @@ def bench(
     ``allow_unverified``: time artifacts whose parity gate failed or never ran too."""
     import torch
 
+    from lightdeploy.artifact import cpu_summary
     from lightdeploy.errors import UsageError
     from lightdeploy.factory import create_model, eager_from_manifest
     from lightdeploy.models.registry import get_spec
@@ -178,8 +180,10 @@ def bench(
             size = tuple(spec.input_size)
             add_eager(subject, size, 1, functools.partial(create_model, subject, input_size=size, calibrate_bn=False))
     _sample_all(timed, runs, warmup, rounds, progress)
+    cpu = cpu_summary()
     for t in timed:
         t.row.ratio_to_eager = t.row.median_ms / eager[t.eager_key].row.median_ms
+        t.row.cpu = cpu
     return [t.row for t in timed]
 
 
@@ -194,7 +198,10 @@ def render_table(rows: list[BenchRow], width: int = 80):
     from rich.text import Text
 
     wide = width >= 100
-    table = Table(title=f"latency (ms), batch as exported, {rows[0].threads if rows else '?'} threads")
+    table = Table(
+        title=f"latency (ms), batch as exported, {rows[0].threads if rows else '?'} threads",
+        caption=f"on {rows[0].cpu}" if rows and rows[0].cpu else None,
+    )
     table.add_column("subject" if wide else "subject / runtime", overflow="fold")
     if wide:
         table.add_column("runtime", overflow="fold")

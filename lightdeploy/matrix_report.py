@@ -10,6 +10,7 @@ import platform
 from dataclasses import asdict, fields
 from pathlib import Path
 
+from lightdeploy.errors import UsageError
 from lightdeploy.matrix import MatrixCell
 
 
@@ -42,16 +43,34 @@ def run_commands(meta: dict) -> list[str]:
 
 
 def run_meta(threads: int, runs: int, command: str) -> dict:
+    from lightdeploy.artifact import cpu_summary
     from lightdeploy.versions import installed_versions
 
+    cpu = cpu_summary()
     return {
         "date": datetime.date.today().isoformat(),
         "commands": [command],
         "threads": threads,
         "runs": runs,
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.system()}",
+        "machine": f"{platform.machine()}, {cpu}, {platform.system()}",
+        "cpu": cpu,
         "versions": installed_versions(),
     }
+
+
+def resumed_meta(earlier: dict, meta: dict) -> dict:
+    """The meta of a run that adds cells to ``earlier``'s table.  A table's latencies and int8 speed-ups
+    hold for one CPU (its kernels follow the CPU's extensions), so cells timed on another are refused;
+    a table from before the CPU was recorded says so in its machine line."""
+    before = earlier.get("cpu")
+    if before is not None and before != meta["cpu"]:
+        raise UsageError(
+            f"The cells in the --json file were timed on {before}; this machine is {meta['cpu']}. Their "
+            "latencies do not mix in one table: resume on that machine, or run the matrix into a new --json file."
+        )
+    if before is None and "machine" in earlier:
+        meta = {**meta, "machine": f"{meta['machine']} (the earlier runs' CPU is not recorded: {earlier['machine']})"}
+    return meta
 
 
 COLUMNS = (

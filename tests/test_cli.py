@@ -293,10 +293,13 @@ def test_bench_table_fits_80_columns():
         BenchRow("mobilenetv2_x0.35", "mobilenetv2_x0.35", "eager", [1, 3, 224, 224], 2, 50, 3.21, 3.5, 1.0),
         BenchRow(name, "mobilenetv2_x0.35", "openvino/fp16", [1, 3, 224, 224], 2, 50, 123.21, 130.5, 0.38),
     ]
+    for row in rows:
+        row.cpu = "AMD EPYC (avx2 avx512f avx512_vnni avx512_bf16), 2 cores"
     console = Console(width=80, record=True)
     console.print(render_table(rows, console.width))
     text = console.export_text()
     assert max(len(line) for line in text.splitlines()) <= 80 and name in text and "openvino/fp16" in text
+    assert "on AMD EPYC (avx2 avx512f avx512_vnni avx512_bf16), 2 cores" in text  # the CPU it holds for
 
 
 def test_bench_rounds_take_every_subject_in_turn():

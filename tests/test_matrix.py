@@ -182,6 +182,36 @@ def test_unknown_model_and_cell_are_usage_errors(tmp_path: Path):
     assert list(tmp_path.iterdir()) == []  # refused before any work
 
 
+def test_resume_refuses_cells_timed_on_another_cpu(tmp_path: Path):
+    """A table's latencies hold for one CPU: adding cells timed on another is refused, before any work,
+    naming both; a table from before the CPU was recorded is resumed and says so."""
+    from lightdeploy.artifact import cpu_summary
+
+    earlier = tmp_path / "m.json"
+    other = "Other CPU (avx2), 2 cores"
+    matrix_report.write_json([], earlier, {"date": "2026-01-01", "commands": ["x"], "machine": "x86_64", "cpu": other})
+    before = earlier.read_text()
+    r = run_cli("bench", "--matrix", MODEL, "--resume", "--json", str(earlier), "--out", "a", cwd=tmp_path)
+    assert r.returncode == 2 and other in r.stderr and cpu_summary() in r.stderr
+    assert earlier.read_text() == before and not (tmp_path / "a").exists()
+
+    meta = matrix_report.run_meta(2, 50, "lightdeploy bench --matrix")
+    assert meta["cpu"] == cpu_summary() and cpu_summary() in meta["machine"]
+    assert matrix_report.resumed_meta({**meta, "machine": "old"}, meta) == {**meta}
+    unrecorded = matrix_report.resumed_meta({"machine": "x86_64, 2 cores, Linux"}, meta)
+    assert "CPU is not recorded: x86_64, 2 cores, Linux" in unrecorded["machine"]
+
+
+def test_host_facts_name_the_cpu_and_its_kernel_extensions():
+    from lightdeploy.artifact import KERNEL_FEATURES, cpu_summary, host_facts
+
+    facts = host_facts()
+    assert set(facts["cpu_features"]) <= set(KERNEL_FEATURES) and facts["cpu"]
+    flags = Path("/proc/cpuinfo").read_text().split() if Path("/proc/cpuinfo").exists() else []
+    assert facts["cpu_features"] == [f for f in KERNEL_FEATURES if f in flags] or not flags
+    assert cpu_summary(facts).endswith(f"{facts['cpu_count']} cores") and facts["cpu"] in cpu_summary(facts)
+
+
 def test_key_figure_names_the_failed_check_or_the_worst_cosine():
     ok = {
         "checks": [{"passed": True, "subject": "logits", "metric": "cosine", "value": 0.99, "limit": 0.98, "op": ">="}],

@@ -184,6 +184,8 @@ def _matrix(models, runs, warmup, threads, json_out, plot, markdown, resume, ret
     targets = matrix.parse_cells(cells) if cells else matrix.TARGETS
     command = "lightdeploy " + shlex.join(sys.argv[1:])
     meta = matrix_report.run_meta(threads, runs, command)
+    if resume:
+        meta = matrix_report.resumed_meta(earlier_meta, meta)
     earlier = matrix_report.run_commands(earlier_meta)
     if earlier:  # until a cell runs, the table is the earlier runs' (a resume with nothing missing re-renders it)
         meta["commands"] = earlier

@@ -247,14 +247,14 @@ def paired(folder: Path, *, threads: int, calls: int, warmup: int) -> dict:
     see the same load: the median of the per-pair ratios isolates what the wrapper adds."""
     import numpy as np
 
-    from lightdeploy.bench import concrete_shape
+    from lightdeploy.bench import random_feed
     from lightdeploy.runtimes import open_runtime
     from lightdeploy.runtimes.manifest import read_manifest
 
     manifest = read_manifest(folder)
-    x = np.random.default_rng(0).standard_normal(concrete_shape(manifest)).astype(np.float32)
+    feed = random_feed(manifest)
+    (x,) = feed.values()
     with open_runtime(folder, manifest, threads=threads, allow_unverified=True) as runtime:
-        feed = {manifest["inputs"][0]["name"]: x}
         fns = (lambda: runtime.run(feed), tool_loop_call(folder, manifest, runtime, x, threads))
         for fn in fns:
             for _ in range(warmup):

@@ -237,18 +237,17 @@ def _cell(model, target, precision, out: Path, input_size, threads: int, runs: i
 
 
 def _time_artifact(cell: MatrixCell, folder: Path, manifest: dict, threads: int, runs: int, warmup: int) -> None:
-    from lightdeploy.bench import concrete_shape, time_fn
+    from lightdeploy.bench import random_feed, time_fn
     from lightdeploy.runtimes import open_runtime
 
-    name = manifest["inputs"][0]["name"]
-    shape = concrete_shape(manifest)
     rng = np.random.default_rng(0)
-    feed = {name: rng.standard_normal(shape).astype(np.float32)}
     with open_runtime(folder, manifest, threads=threads, allow_unverified=True) as runtime:
-        cell.median_ms, cell.p90_ms = time_fn(functools.partial(runtime.run, feed), warmup, runs)
+        cell.median_ms, cell.p90_ms = time_fn(
+            functools.partial(runtime.run, random_feed(manifest, rng=rng)), warmup, runs
+        )
         cell.load = os.getloadavg()[0]
         if not isinstance(manifest["inputs"][0]["shape"][0], int):  # a dynamic batch dim
-            big = {name: rng.standard_normal([THROUGHPUT_BATCH, *shape[1:]]).astype(np.float32)}
+            big = random_feed(manifest, THROUGHPUT_BATCH, rng)
             median, _ = time_fn(functools.partial(runtime.run, big), max(1, warmup // 2), max(3, runs // 4))
             cell.batch8_ips = THROUGHPUT_BATCH * 1e3 / median
 

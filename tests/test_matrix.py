@@ -7,6 +7,7 @@ import functools
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import run_cli
 
@@ -230,3 +231,13 @@ def test_default_models_are_every_registered_name_and_named_weights_but_aliases(
     names = matrix.default_models()
     assert "thundernet_snet49:synthetic" in names and "mobilenetv2:imagenet" in names
     assert set(list_models()) - set(names) == {"thundernet", "bisenet", "dfanet"}
+
+
+def test_random_feed_fills_the_dynamic_dims_and_takes_a_batch():
+    from lightdeploy.bench import random_feed
+
+    manifest = {"inputs": [{"name": "images", "shape": ["batch", 3, "h", "w"]}], "preprocessing": {"size": [32, 48]}}
+    (one,) = random_feed(manifest).values()
+    assert one.shape == (1, 3, 32, 48) and one.dtype == np.float32
+    assert np.array_equal(one, random_feed(manifest)["images"])  # the same feed in every run
+    assert random_feed(manifest, 8)["images"].shape == (8, 3, 32, 48)

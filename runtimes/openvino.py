@@ -108,7 +108,7 @@ class OpenVinoBackend(RuntimeBase):
                     f"{sorted(by_name)}); the artifact is inconsistent: re-export it."
                 )
             out_ports = [by_name[n] for n in output_names]
-        self._out_ports = out_ports
+        self._ov, self._in_ports, self._out_ports = ov, in_ports, out_ports
         out_names = list(output_names) if output_names else [p.get_any_name() for p in out_ports]
         requests = max(1, int(self._compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
         self._requests = Pool(self._compiled.create_infer_request, requests)
@@ -165,11 +165,20 @@ class OpenVinoBackend(RuntimeBase):
         return self._compiled.get_property(name)
 
     def _run_impl(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        # Tensors set on the request and a bare ``infer()``: ``infer(feeds)`` dispatches the inputs and
+        # builds a dict of every output in Python, which shows per call (docs/measurements.md#speed-targets-amd).
+        # The tensors share the feeds' memory (``run`` made them contiguous, the call is synchronous).  The
+        # request keeps only their C++ side, which does not keep an array alive: ``feeds`` does, to the end
+        # of the call, copies included (OpenVINO cannot share a read-only array).  Outputs are copied out
+        # of the request before it goes back to the pool.
+        feeds = {name: array if array.flags.writeable else array.copy() for name, array in feeds.items()}
         with self._requests.take() as request:
-            # share_inputs: ``run`` already made the feeds contiguous and the call is synchronous.
-            # Outputs are copied out of the request (share_outputs=False) before it goes back to the pool.
-            result = request.infer(feeds, share_inputs=True, share_outputs=False)
-            return {spec.name: result[port] for spec, port in zip(self.outputs, self._out_ports)}
+            for spec, port in zip(self.inputs, self._in_ports):
+                request.set_tensor(port, self._ov.Tensor(feeds[spec.name], True))
+            request.infer()
+            return {
+                spec.name: request.get_tensor(port).data.copy() for spec, port in zip(self.outputs, self._out_ports)
+            }
 
     def _close_impl(self) -> None:
         self._requests.close()

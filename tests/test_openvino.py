@@ -263,6 +263,26 @@ def test_runtime_rejects_bad_threads_and_feeds(fp32_artifact):
         rt.run({"input": np.zeros((1, 3, 64, 64), np.float32)})
 
 
+def test_runtime_feeds_read_only_and_strided_arrays_and_returns_owned_outputs(fp32_artifact):
+    """The request's tensors share the caller's arrays: a read-only one (OpenVINO cannot share it) and a
+    strided view give the same logits as a plain array, and an output stays as returned after the next
+    call reuses the request."""
+    from lightdeploy.runtimes import open_runtime
+
+    x = np.random.default_rng(0).standard_normal((1, 3, 64, 64)).astype(np.float32)
+    with open_runtime(fp32_artifact) as rt:
+        first = rt.run({"image": x})["logits"]
+        kept = first.copy()
+        read_only = x.copy()
+        read_only.flags.writeable = False
+        wide = np.zeros((1, 3, 64, 128), np.float32)
+        wide[..., ::2] = x
+        for feed in (read_only, wide[..., ::2]):
+            assert np.array_equal(rt.run({"image": feed})["logits"], kept)
+        rt.run({"image": -x})
+        assert np.array_equal(first, kept) and first.flags.owndata
+
+
 def test_runtime_load_predicts(fp32_artifact, cat_image):
     from lightdeploy import runtimes
 

@@ -174,7 +174,7 @@ class OpenVinoBackend(RuntimeBase):
         feeds = {name: array if array.flags.writeable else array.copy() for name, array in feeds.items()}
         with self._requests.take() as request:
             for spec, port in zip(self.inputs, self._in_ports):
-                request.set_tensor(port, self._ov.Tensor(feeds[spec.name], True))
+                request.set_tensor(port, self._ov.Tensor(feeds[spec.name], shared_memory=True))
             request.infer()
             return {
                 spec.name: request.get_tensor(port).data.copy() for spec, port in zip(self.outputs, self._out_ports)
